@@ -1,0 +1,35 @@
+# `make test`: set up .venv (once) and run the suite under every backend.
+# `make sentiment`: set up .venv (once) and train the sentiment recipe.
+PYTHON ?= python3
+VENV ?= .venv
+BACKENDS ?= tensorflow jax torch
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: setup test sentiment ner
+
+setup: $(STAMP)
+
+# torch is installed first and pinned, so nothing resolves a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
+
+# pytest's exit code 5 means "no tests collected": not a failure here.
+test: $(STAMP)
+	@failed=""; for backend in $(BACKENDS); do \
+	  echo "=== KERAS_BACKEND=$$backend ==="; \
+	  KERAS_BACKEND=$$backend $(VENV)/bin/python -m pytest $(PYTEST_ARGS); \
+	  rc=$$?; if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then failed="$$failed $$backend"; fi; \
+	done; \
+	if [ -n "$$failed" ]; then echo "FAILED on:$$failed"; exit 1; fi; \
+	echo "all backends passed: $(BACKENDS)"
+
+sentiment: $(STAMP)
+	$(VENV)/bin/python recipes/sentiment.py
+
+ner: $(STAMP)
+	$(VENV)/bin/python recipes/ner.py

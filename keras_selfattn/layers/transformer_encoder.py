@@ -1,0 +1,243 @@
+"""TransformerEncoder: self-attention + feed-forward block, post- or pre-LN."""
+
+import keras
+
+from keras_selfattn._validation import check_float_input
+from keras_selfattn._validation import check_positive_float
+from keras_selfattn._validation import check_positive_int
+from keras_selfattn._validation import check_rate
+from keras_selfattn._validation import check_width
+from keras_selfattn.layers._common import clone_initializer
+from keras_selfattn.layers._common import self_attention_mask
+from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
+
+
+@keras.saving.register_keras_serializable(package="keras_selfattn")
+class TransformerEncoder(keras.layers.Layer):
+    """One Transformer encoder block (Vaswani et al. 2017).
+
+    `x + Dropout(MHA(x))` then `x + Dropout(FFN(x))`, each followed by
+    LayerNorm (post-LN, `norm_first=False`, as in the paper and BERT) or
+    preceded by it (pre-LN). The width is taken from the input; heads split it
+    evenly. Sublayer names and weight shapes match keras-hub's
+    `TransformerEncoder`, so weights copy one to one.
+
+    Args:
+        num_heads: attention heads; must divide the input width.
+        intermediate_dim: hidden size of the feed-forward network.
+        dropout: dropout rate in [0, 1) for attention probabilities and both
+            residual branches.
+        activation: feed-forward activation (name or callable).
+        norm_first: pre-LN if True, post-LN if False.
+        layer_norm_epsilon: epsilon of both LayerNorms.
+        num_key_value_heads: grouped-query attention (see
+            `MultiHeadAttention`); defaults to `num_heads`.
+        kernel_initializer, bias_initializer: for every dense sublayer.
+        seed: seed for the dropouts.
+
+    Call arguments:
+        inputs: `(B, L, width)` float tensor.
+        padding_mask: boolean `(B, L)`, True for real tokens. Defaults to the
+            implicit Keras mask of `inputs` (e.g. from `mask_zero=True`).
+        attention_mask: boolean `(B, L, L)`, True = may attend.
+        training: enables dropout.
+        return_attention_scores: also return `(B, heads, L, L)` scores.
+
+    Returns:
+        `(B, L, width)`, carrying the input's mask.
+
+    Example:
+
+    >>> import numpy as np
+    >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=16)
+    >>> x = np.random.rand(3, 5, 8).astype("float32")
+    >>> tuple(encoder(x, padding_mask=np.array([[1] * 5] * 3)).shape)
+    (3, 5, 8)
+
+    References:
+        Vaswani et al., "Attention Is All You Need", 2017.
+        Xiong et al., "On Layer Normalization in the Transformer
+        Architecture", 2020 (pre-LN).
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        activation="relu",
+        norm_first=False,
+        layer_norm_epsilon=1e-5,
+        num_key_value_heads=None,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.intermediate_dim = check_positive_int(
+            "intermediate_dim", intermediate_dim
+        )
+        self.dropout = check_rate("dropout", dropout)
+        self.activation = keras.activations.get(activation)
+        self.norm_first = bool(norm_first)
+        self.layer_norm_epsilon = check_positive_float(
+            "layer_norm_epsilon", layer_norm_epsilon
+        )
+        self.num_key_value_heads = check_positive_int(
+            "num_key_value_heads", num_key_value_heads, allow_none=True
+        )
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.seed = seed
+        self.supports_masking = True
+
+    def _dense(self, units, name, activation=None):
+        return keras.layers.Dense(
+            units,
+            activation=activation,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def _layer_norm(self, name):
+        return keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
+        )
+
+    def _dropout(self, name):
+        return keras.layers.Dropout(
+            self.dropout, seed=self.seed, dtype=self.dtype_policy, name=name
+        )
+
+    def build(self, inputs_shape):
+        width = inputs_shape[-1]
+        if len(inputs_shape) != 3 or width is None:
+            raise ValueError(
+                "`inputs` must have shape (batch, length, width) with a known "
+                f"width. Received: inputs.shape={tuple(inputs_shape)}"
+            )
+        if width % self.num_heads:
+            raise ValueError(
+                "The input width must be divisible by `num_heads`. Received: "
+                f"width={width}, num_heads={self.num_heads}"
+            )
+        self.width = width
+        self.self_attention = MultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=width // self.num_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            dropout=self.dropout,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            seed=self.seed,
+            dtype=self.dtype_policy,
+            name="self_attention",
+        )
+        self.self_attention.build(inputs_shape)
+        self.self_attention_layer_norm = self._layer_norm(
+            "self_attention_layer_norm"
+        )
+        self.self_attention_layer_norm.build(inputs_shape)
+        self.self_attention_dropout = self._dropout("self_attention_dropout")
+        self.feedforward_intermediate_dense = self._dense(
+            self.intermediate_dim,
+            "feedforward_intermediate_dense",
+            activation=self.activation,
+        )
+        self.feedforward_intermediate_dense.build(inputs_shape)
+        self.feedforward_output_dense = self._dense(
+            width, "feedforward_output_dense"
+        )
+        self.feedforward_output_dense.build(
+            tuple(inputs_shape[:-1]) + (self.intermediate_dim,)
+        )
+        self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
+        self.feedforward_layer_norm.build(inputs_shape)
+        self.feedforward_dropout = self._dropout("feedforward_dropout")
+
+    def call(
+        self,
+        inputs,
+        padding_mask=None,
+        attention_mask=None,
+        training=None,
+        return_attention_scores=False,
+        mask=None,
+    ):
+        check_float_input("inputs", inputs)
+        check_width("inputs", inputs, self.width)
+        attention_mask = self_attention_mask(
+            inputs, padding_mask, attention_mask, mask
+        )
+
+        residual = inputs
+        x = (
+            self.self_attention_layer_norm(inputs)
+            if self.norm_first
+            else inputs
+        )
+        x = self.self_attention(
+            x,
+            attention_mask=attention_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+        )
+        if return_attention_scores:
+            x, scores = x
+        x = residual + self.self_attention_dropout(x, training=training)
+        if not self.norm_first:
+            x = self.self_attention_layer_norm(x)
+
+        residual = x
+        if self.norm_first:
+            x = self.feedforward_layer_norm(x)
+        x = self.feedforward_intermediate_dense(x)
+        x = self.feedforward_output_dense(x)
+        x = residual + self.feedforward_dropout(x, training=training)
+        if not self.norm_first:
+            x = self.feedforward_layer_norm(x)
+        if return_attention_scores:
+            return x, scores
+        return x
+
+    def compute_mask(self, inputs, previous_mask=None):
+        return previous_mask
+
+    def compute_output_shape(self, inputs_shape):
+        return tuple(inputs_shape)
+
+    def compute_output_spec(
+        self, inputs, return_attention_scores=False, **kwargs
+    ):
+        output = keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+        if not return_attention_scores:
+            return output
+        length = inputs.shape[1]
+        scores_shape = (inputs.shape[0], self.num_heads, length, length)
+        return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "activation": keras.activations.serialize(self.activation),
+                "norm_first": self.norm_first,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "num_key_value_heads": self.num_key_value_heads,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(
+                    self.bias_initializer
+                ),
+                "seed": self.seed,
+            }
+        )
+        return config
