@@ -165,10 +165,14 @@ def _attention_logits(query, key):
 
 def _masked_softmax(logits, mask):
     """Softmax over keys; masked entries and all-masked rows are zero."""
+    if logits.shape[-1] == 1:
+        probs = ops.ones_like(logits)  # one key: softmax is constant 1
+    else:
+        if mask is not None:
+            logits = ops.where(mask, logits, _MASKED_LOGIT)
+        probs = ops.softmax(logits, axis=-1)
     if mask is None:
-        return ops.softmax(logits, axis=-1)
-    logits = ops.where(mask, logits, _MASKED_LOGIT)
-    probs = ops.softmax(logits, axis=-1)
+        return probs
     return ops.where(mask, probs, ops.zeros_like(probs))
 
 

@@ -1,0 +1,90 @@
+"""Shared test helpers: the NumPy oracle and per-backend gradient / jit."""
+
+import keras
+import numpy as np
+import pytest
+
+BACKEND = keras.backend.backend()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_session():
+    """Each test starts with float32 policy and a clean Keras session."""
+    keras.config.set_dtype_policy("float32")
+    keras.utils.set_random_seed(0)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
+    """Independent float64 reference for scaled dot-product attention.
+
+    Layout `(B, T, H, D)`; key/value heads are repeated for grouped queries.
+    Rows with no allowed key give zeros. Returns (output, probabilities).
+    """
+    query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
+    batch, q_len, heads, dim = query.shape
+    k_len, kv_heads = key.shape[1], key.shape[2]
+    key = np.repeat(key, heads // kv_heads, axis=2)
+    value = np.repeat(value, heads // kv_heads, axis=2)
+    scale = 1.0 / np.sqrt(dim) if scale is None else scale
+    logits = np.einsum("bthd,bshd->bhts", query, key) * scale
+    allowed = np.ones((batch, heads, q_len, k_len), bool)
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask).astype(bool), allowed.shape)
+    if is_causal:
+        allowed &= np.tril(np.ones((q_len, k_len), bool))
+    logits = np.where(allowed, logits, -np.inf)
+    row_max = logits.max(-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    weights = np.exp(logits - row_max) * allowed
+    total = weights.sum(-1, keepdims=True)
+    probs = np.divide(
+        weights, total, out=np.zeros_like(weights), where=total > 0
+    )
+    return np.einsum("bhts,bshd->bthd", probs, value), probs
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
+
+
+def grads(fn, *args):
+    """Gradients of `sum(fn(*args))` with respect to every argument."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.Variable(a) for a in args]
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(tf.cast(fn(*variables), tf.float32))
+        return [to_numpy(g) for g in tape.gradient(total, variables)]
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def total(*a):
+            return jnp.sum(fn(*a).astype(jnp.float32))
+
+        argnums = tuple(range(len(args)))
+        return [to_numpy(g) for g in jax.grad(total, argnums)(*args)]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    fn(*tensors).float().sum().backward()
+    return [to_numpy(t.grad) for t in tensors]
+
+
+def jit(fn):
+    """Compile `fn` with the backend's compiler (XLA; torch.compile)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import torch
+
+    return torch.compile(fn)
