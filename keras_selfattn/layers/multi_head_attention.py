@@ -130,13 +130,17 @@ class MultiHeadAttention(keras.layers.Layer):
         return self.num_key_value_heads or self.num_heads
 
     def _projection(self, name, heads, head_dim):
-        return keras.layers.EinsumDense(
+        dense = keras.layers.EinsumDense(
             "btd,dhk->bthk",
             output_shape=(None, heads, head_dim),
             bias_axes="hk" if self.use_bias else None,
             name=name,
             **self._sublayer_kwargs(),
         )
+        # Inputs may carry Keras masks; the projection passes them through
+        # (this layer reads them itself) instead of warning that it drops them.
+        dense.supports_masking = True
+        return dense
 
     def _sublayer_kwargs(self):
         return dict(

@@ -151,7 +151,14 @@ def scaled_dot_product_attention(
 
 
 def _attention_logits(query, key):
-    """Float32 logits `(B, H, T, S)`; grouped query heads share a key head."""
+    """Float32 logits `(B, H, T, S)`; grouped query heads share a key head.
+
+    Query and key are widened to float32 first, so half-precision inputs
+    get float32 products and sums (as fused kernels accumulate) and the
+    logits are never rounded to 16 bits.
+    """
+    query = ops.cast(query, _SOFTMAX_DTYPE)
+    key = ops.cast(key, _SOFTMAX_DTYPE)
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     if num_heads == num_kv_heads:
         logits = ops.einsum("bthd,bshd->bhts", query, key)
@@ -160,7 +167,7 @@ def _attention_logits(query, key):
         query = _split_heads(query, num_kv_heads, groups)
         logits = ops.einsum("btkgd,bskd->bkgts", query, key)
         logits = _merge_group_axes(logits, num_heads)
-    return ops.cast(logits, _SOFTMAX_DTYPE)
+    return logits
 
 
 def _masked_softmax(logits, mask):

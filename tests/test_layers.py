@@ -1,0 +1,473 @@
+"""Layers vs the peers (weights copied), the NumPy oracle and identities."""
+
+import keras
+import numpy as np
+import pytest
+from conftest import numpy_attention
+from conftest import to_numpy
+
+import keras_selfattn as ksa
+
+ATOL = 1e-5
+
+
+def rand(rng, *shape):
+    return rng.standard_normal(shape).astype("float32")
+
+
+def keep_one_key_per_row(mask):
+    """Every query row keeps at least one key (so the peers agree)."""
+    mask = mask.copy()
+    mask[..., 0] = True
+    return mask
+
+
+# --------------------------------------------------------------------------
+# MultiHeadAttention vs keras.layers.MultiHeadAttention
+
+
+def paired_mha(query_shape, value_shape, key_shape=None, **kwargs):
+    theirs = keras.layers.MultiHeadAttention(**kwargs)
+    ours = ksa.MultiHeadAttention(**kwargs)
+    theirs.build(query_shape, value_shape, key_shape)
+    ours.build(query_shape, value_shape, key_shape)
+    assert [w.shape for w in ours.weights] == [w.shape for w in theirs.weights]
+    ours.set_weights(theirs.get_weights())
+    return ours, theirs
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_mha_matches_keras_cross_attention(use_bias):
+    rng = np.random.default_rng(0)
+    query, value, key = (
+        rand(rng, 2, 5, 7),
+        rand(rng, 2, 3, 11),
+        rand(rng, 2, 3, 6),
+    )
+    mask = keep_one_key_per_row(rng.random((2, 5, 3)) > 0.5)
+    ours, theirs = paired_mha(
+        query.shape,
+        value.shape,
+        key.shape,
+        num_heads=3,
+        key_dim=4,
+        value_dim=2,
+        use_bias=use_bias,
+    )
+    got, got_scores = ours(
+        query, value, key, attention_mask=mask, return_attention_scores=True
+    )
+    want, want_scores = theirs(
+        query, value, key, attention_mask=mask, return_attention_scores=True
+    )
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=ATOL)
+    np.testing.assert_allclose(
+        to_numpy(got_scores), to_numpy(want_scores), atol=ATOL
+    )
+    assert tuple(got_scores.shape) == (2, 3, 5, 3)
+
+
+def test_mha_matches_keras_causal_self_attention():
+    rng = np.random.default_rng(1)
+    x = rand(rng, 3, 7, 10)
+    ours, theirs = paired_mha(x.shape, x.shape, num_heads=2, key_dim=5)
+    got = ours(x, use_causal_mask=True)
+    want = theirs(x, x, use_causal_mask=True)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=ATOL)
+
+
+def test_mha_output_dim():
+    rng = np.random.default_rng(2)
+    x = rand(rng, 2, 3, 6)
+    layer = ksa.MultiHeadAttention(num_heads=2, key_dim=3, output_dim=5)
+    assert tuple(layer(x).shape) == (2, 3, 5)
+
+
+def test_mha_grouped_query_attention_matches_oracle():
+    rng = np.random.default_rng(3)
+    query, value = rand(rng, 2, 5, 7), rand(rng, 2, 3, 7)
+    layer = ksa.MultiHeadAttention(
+        num_heads=6, key_dim=4, num_key_value_heads=2
+    )
+    mask = keep_one_key_per_row(rng.random((2, 5, 3)) > 0.5)
+    got = to_numpy(layer(query, value, attention_mask=mask))
+    wq, bq, wk, bk, wv, bv, wo, bo = [to_numpy(w) for w in layer.weights]
+    q = np.einsum("btd,dhk->bthk", query, wq) + bq
+    k = np.einsum("bsd,dhk->bshk", value, wk) + bk
+    v = np.einsum("bsd,dhk->bshk", value, wv) + bv
+    assert k.shape[2] == 2
+    heads, _ = numpy_attention(q, k, v, mask[:, None])
+    want = np.einsum("bthk,hko->bto", heads, wo) + bo
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_mha_fully_masked_query_rows_give_attention_zeros():
+    rng = np.random.default_rng(4)
+    x = rand(rng, 2, 4, 6)
+    layer = ksa.MultiHeadAttention(num_heads=2, key_dim=3, use_bias=False)
+    mask = np.ones((2, 4, 4), bool)
+    mask[1, 2, :] = False
+    out = to_numpy(layer(x, attention_mask=mask))
+    # Without biases, a zero attention row stays zero through the output.
+    assert np.all(out[1, 2] == 0.0)
+    assert np.all(np.abs(out[1, 1]) > 0.0)
+
+
+def test_mha_implicit_masks_equal_explicit_masks():
+    rng = np.random.default_rng(5)
+    ids_q = np.array([[3, 4, 5, 0], [6, 0, 0, 0]])
+    ids_v = np.array([[1, 2, 0], [7, 8, 9]])
+    embed = keras.layers.Embedding(10, 6, mask_zero=True)
+    layer = ksa.MultiHeadAttention(num_heads=2, key_dim=3)
+    query, value = embed(ids_q), embed(ids_v)
+    implicit = to_numpy(layer(query, value))
+    q, v = embed(ids_q), embed(ids_v)
+    explicit = to_numpy(
+        layer(
+            keras.ops.convert_to_tensor(to_numpy(q), "float32"),
+            keras.ops.convert_to_tensor(to_numpy(v), "float32"),
+            query_mask=ids_q != 0,
+            value_mask=ids_v != 0,
+        )
+    )
+    np.testing.assert_allclose(implicit, explicit, atol=ATOL)
+    unmasked = to_numpy(layer(to_numpy(q), to_numpy(v)))
+    assert not np.allclose(unmasked[0, 0], explicit[0, 0], atol=1e-3)
+    del rng
+
+
+def test_mha_symbolic_cross_attention_scores_shape():
+    query = keras.Input((5, 8))
+    value = keras.Input((7, 6))
+    out, scores = ksa.MultiHeadAttention(num_heads=3, key_dim=4)(
+        query, value, return_attention_scores=True
+    )
+    assert tuple(out.shape) == (None, 5, 8)
+    assert tuple(scores.shape) == (None, 3, 5, 7)
+    model = keras.Model([query, value], [out, scores])
+    rng = np.random.default_rng(6)
+    got_out, got_scores = model.predict(
+        [rand(rng, 2, 5, 8), rand(rng, 2, 7, 6)], verbose=0
+    )
+    assert got_out.shape == (2, 5, 8) and got_scores.shape == (2, 3, 5, 7)
+
+
+# --------------------------------------------------------------------------
+# TransformerEncoder vs keras-hub
+
+
+def hub_encoder(**kwargs):
+    keras_hub = pytest.importorskip("keras_hub")
+    return keras_hub.layers.TransformerEncoder(**kwargs)
+
+
+def copy_encoder_weights(ours, theirs):
+    pairs = [
+        (ours.self_attention, theirs._self_attention_layer),
+        (ours.self_attention_layer_norm, theirs._self_attention_layer_norm),
+        (
+            ours.feedforward_intermediate_dense,
+            theirs._feedforward_intermediate_dense,
+        ),
+        (ours.feedforward_output_dense, theirs._feedforward_output_dense),
+        (ours.feedforward_layer_norm, theirs._feedforward_layer_norm),
+    ]
+    for mine, peer in pairs:
+        mine.set_weights(peer.get_weights())
+    assert len(ours.weights) == len(theirs.weights)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("activation", ["relu", "gelu"])
+def test_encoder_matches_keras_hub(norm_first, activation):
+    rng = np.random.default_rng(7)
+    x = rand(rng, 3, 7, 12)
+    padding = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], bool)
+    theirs = hub_encoder(
+        intermediate_dim=10,
+        num_heads=3,
+        activation=activation,
+        normalize_first=norm_first,
+        layer_norm_epsilon=1e-5,
+    )
+    ours = ksa.TransformerEncoder(
+        num_heads=3,
+        intermediate_dim=10,
+        activation=activation,
+        norm_first=norm_first,
+    )
+    theirs.build(x.shape)
+    ours.build(x.shape)
+    # Make the LayerNorm and bias weights non-trivial before copying.
+    theirs.set_weights(
+        [w + 0.1 * rng.standard_normal(w.shape) for w in theirs.get_weights()]
+    )
+    copy_encoder_weights(ours, theirs)
+    got = to_numpy(ours(x, padding_mask=padding))
+    want = to_numpy(theirs(x, padding_mask=padding))
+    np.testing.assert_allclose(got, want, atol=ATOL)
+
+
+def test_encoder_implicit_mask_equals_padding_mask_and_propagates():
+    ids = np.array([[5, 6, 7, 0, 0], [8, 9, 1, 2, 3]])
+    embed = ksa.TokenAndPositionEmbedding(10, 5, 8, mask_zero=True)
+    encoder = ksa.TransformerEncoder(num_heads=2, intermediate_dim=16)
+    inputs = keras.Input((None,), dtype="int32")
+    hidden = encoder(embed(inputs))
+    pooled = keras.layers.GlobalAveragePooling1D()(hidden)
+    model = keras.Model(inputs, [hidden, pooled])
+    got_hidden, got_pooled = model.predict(ids, verbose=0)
+
+    dense = to_numpy(embed(ids))
+    explicit = to_numpy(
+        encoder(
+            keras.ops.convert_to_tensor(dense, "float32"), padding_mask=ids != 0
+        )
+    )
+    valid = ids != 0
+    np.testing.assert_allclose(got_hidden[valid], explicit[valid], atol=ATOL)
+    # The mask reached the pooling layer: padded steps are left out.
+    want_pooled = (explicit * valid[..., None]).sum(1) / valid.sum(1)[:, None]
+    np.testing.assert_allclose(got_pooled, want_pooled, atol=ATOL)
+
+
+def test_encoder_return_attention_scores_symbolic():
+    x = keras.Input((6, 8))
+    out, scores = ksa.TransformerEncoder(2, 16)(x, return_attention_scores=True)
+    assert tuple(out.shape) == (None, 6, 8)
+    assert tuple(scores.shape) == (None, 2, 6, 6)
+
+
+# --------------------------------------------------------------------------
+# SelfAttention
+
+
+def test_self_attention_parameter_free_matches_oracle():
+    rng = np.random.default_rng(8)
+    x = rand(rng, 2, 5, 7)
+    padding = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    layer = ksa.SelfAttention()
+    out, scores = layer(x, padding_mask=padding, return_attention_scores=True)
+    assert layer.weights == []
+    want, probs = numpy_attention(
+        x[:, :, None], x[:, :, None], x[:, :, None], padding[:, None, None, :]
+    )
+    np.testing.assert_allclose(to_numpy(out), want[:, :, 0], atol=ATOL)
+    np.testing.assert_allclose(to_numpy(scores), probs[:, 0], atol=ATOL)
+
+
+def test_self_attention_projections_causal_matches_oracle():
+    rng = np.random.default_rng(9)
+    x = rand(rng, 2, 5, 7)
+    layer = ksa.SelfAttention(use_projections=True, units=3)
+    out = to_numpy(layer(x, use_causal_mask=True))
+    wq, bq, wk, bk, wv, bv = [to_numpy(w) for w in layer.weights]
+    q, k, v = (x @ w + b for w, b in ((wq, bq), (wk, bk), (wv, bv)))
+    want, _ = numpy_attention(
+        q[:, :, None], k[:, :, None], v[:, :, None], is_causal=True
+    )
+    assert out.shape == (2, 5, 3)
+    np.testing.assert_allclose(out, want[:, :, 0], atol=ATOL)
+
+
+def test_self_attention_implicit_mask():
+    ids = np.array([[1, 2, 0], [3, 0, 0]])
+    embed = keras.layers.Embedding(5, 4, mask_zero=True)
+    layer = ksa.SelfAttention()
+    implicit = to_numpy(layer(embed(ids)))
+    dense = to_numpy(embed(ids))
+    explicit = to_numpy(layer(dense, padding_mask=ids != 0))
+    np.testing.assert_allclose(implicit, explicit, atol=ATOL)
+
+
+# --------------------------------------------------------------------------
+# Embeddings
+
+
+def test_sinusoidal_encoding_formula():
+    x = np.zeros((2, 6, 5), "float32")
+    got = to_numpy(ksa.SinusoidalPositionEncoding(max_wavelength=100.0)(x))
+    pos = np.arange(6)[:, None]
+    i = np.arange(5)[None, :]
+    angle = pos / 100.0 ** ((i - i % 2) / 5)
+    want = np.where(i % 2 == 0, np.sin(angle), np.cos(angle))
+    np.testing.assert_allclose(got[1], want, atol=1e-5)
+    assert got.shape == (2, 6, 5)
+
+
+@pytest.mark.parametrize("position_encoding", ["learned", "sinusoidal"])
+def test_token_and_position_embedding(position_encoding):
+    layer = ksa.TokenAndPositionEmbedding(
+        11, 6, 4, position_encoding=position_encoding, mask_zero=True
+    )
+    ids = np.array([[3, 4, 0], [5, 0, 0]])
+    out = to_numpy(layer(ids))
+    tokens = to_numpy(layer.token_embedding.embeddings)[ids]
+    if position_encoding == "learned":
+        positions = to_numpy(layer.position_embeddings)[:3]
+    else:
+        positions = to_numpy(
+            ksa.SinusoidalPositionEncoding()(np.zeros((1, 3, 4), "float32"))
+        )[0]
+    np.testing.assert_allclose(out, tokens + positions, atol=1e-6)
+    mask = to_numpy(layer.compute_mask(ids)).astype(bool)
+    np.testing.assert_array_equal(mask, ids != 0)
+
+
+# --------------------------------------------------------------------------
+# Mixed precision
+
+
+# Relative tolerance vs float32 for a whole layer. bfloat16 keeps 8
+# significant bits (unit roundoff u = 2**-8 = 3.9e-3) and the layer rounds
+# about six times in a row (inputs, weights, q/k/v, probabilities, attention
+# output, output projection): ~5u. float16 has u = 2**-11.
+LAYER_TOLERANCE = {"mixed_float16": 1e-2, "mixed_bfloat16": 2e-2}
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_close_to_float32(policy):
+    rng = np.random.default_rng(10)
+    x = rand(rng, 2, 6, 8)
+    mask = np.ones((2, 6, 6), bool)
+    mask[0, 3, :] = False
+    full = ksa.MultiHeadAttention(num_heads=2, key_dim=4, use_bias=False)
+    half = ksa.MultiHeadAttention(
+        num_heads=2, key_dim=4, use_bias=False, dtype=policy
+    )
+    full.build(x.shape)
+    half.build(x.shape)
+    half.set_weights(full.get_weights())
+    want, want_scores = full(
+        x, attention_mask=mask, return_attention_scores=True
+    )
+    got, got_scores = half(x, attention_mask=mask, return_attention_scores=True)
+    assert keras.ops.dtype(got) == policy.split("_")[1]
+    got, got_scores = to_numpy(got), to_numpy(got_scores)
+    assert np.all(np.isfinite(got)) and np.all(got[0, 3] == 0.0)
+    tol = LAYER_TOLERANCE[policy]
+    np.testing.assert_allclose(got_scores, to_numpy(want_scores), atol=tol)
+    scale = np.abs(to_numpy(want)).max()
+    np.testing.assert_allclose(got / scale, to_numpy(want) / scale, atol=tol)
+
+
+# --------------------------------------------------------------------------
+# Bad arguments and inputs
+
+
+@pytest.mark.parametrize(
+    "make, error, message",
+    [
+        (lambda: ksa.MultiHeadAttention(0, 4), ValueError, "num_heads=0"),
+        (lambda: ksa.MultiHeadAttention(2, -1), ValueError, "key_dim=-1"),
+        (
+            lambda: ksa.MultiHeadAttention(2, 4, dropout=1.0),
+            ValueError,
+            "dropout=1.0",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(4, 4, num_key_value_heads=3),
+            ValueError,
+            "num_key_value_heads=3",
+        ),
+        (lambda: ksa.MultiHeadAttention(2.5, 4), ValueError, "num_heads=2.5"),
+        (
+            lambda: ksa.TransformerEncoder(2, 0),
+            ValueError,
+            "intermediate_dim=0",
+        ),
+        (
+            lambda: ksa.TransformerEncoder(2, 8, dropout=-0.1),
+            ValueError,
+            "dropout=-0.1",
+        ),
+        (
+            lambda: ksa.TransformerEncoder(2, 8, layer_norm_epsilon=0),
+            ValueError,
+            "layer_norm_epsilon=0",
+        ),
+        (lambda: ksa.SelfAttention(units=4), ValueError, "units=4"),
+        (
+            lambda: ksa.TokenAndPositionEmbedding(10, 0, 4),
+            ValueError,
+            "sequence_length=0",
+        ),
+        (
+            lambda: ksa.TokenAndPositionEmbedding(
+                10, 5, 4, position_encoding="rope"
+            ),
+            ValueError,
+            "rope",
+        ),
+    ],
+)
+def test_bad_arguments(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+def test_encoder_width_not_divisible_by_heads():
+    with pytest.raises(ValueError, match="width=10, num_heads=3"):
+        ksa.TransformerEncoder(3, 8)(np.zeros((1, 2, 10), "float32"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (
+            dict(padding_mask=np.ones((2, 4, 4), bool)),
+            ValueError,
+            r"padding_mask.shape=\(2, 4, 4\)",
+        ),
+        (
+            dict(padding_mask=np.ones((2, 5), bool)),
+            ValueError,
+            r"padding_mask.shape=\(2, 5\)",
+        ),
+        (
+            dict(attention_mask=np.ones((2, 4), bool)),
+            ValueError,
+            r"attention_mask.shape=\(2, 4\)",
+        ),
+        (
+            dict(padding_mask=np.ones((2, 4), "float32")),
+            TypeError,
+            "padding_mask.dtype=float32",
+        ),
+    ],
+)
+@pytest.mark.parametrize("layer_name", ["SelfAttention", "TransformerEncoder"])
+def test_bad_masks_at_call_time(layer_name, kwargs, error, message):
+    layer = (
+        ksa.SelfAttention()
+        if layer_name == "SelfAttention"
+        else ksa.TransformerEncoder(2, 8)
+    )
+    x = np.zeros((2, 4, 6), "float32")
+    layer(x)
+    with pytest.raises(error, match=message):
+        layer(x, **kwargs)
+
+
+def test_bad_mha_inputs_at_call_time():
+    layer = ksa.MultiHeadAttention(2, 3)
+    x = np.zeros((2, 4, 6), "float32")
+    layer(x)
+    with pytest.raises(ValueError, match=r"query_mask.shape=\(2, 3\)"):
+        layer(x, query_mask=np.ones((2, 3), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(4, 4\)"):
+        layer(x, attention_mask=np.ones((4, 4), bool))
+    with pytest.raises(TypeError, match="query.dtype=int32"):
+        layer(np.zeros((2, 4, 6), "int32"))
+    with pytest.raises(ValueError, match=r"query.shape=\(2, 4, 5\)"):
+        layer(np.zeros((2, 4, 5), "float32"))
+    with pytest.raises(ValueError, match="value.shape"):
+        layer(x, np.zeros((2, 3, 6), "float32"), np.zeros((2, 4, 6), "float32"))
+
+
+def test_embedding_rejects_float_ids_and_long_inputs():
+    layer = ksa.TokenAndPositionEmbedding(10, 3, 4)
+    with pytest.raises(TypeError, match="inputs.dtype=float32"):
+        layer(np.zeros((1, 2), "float32"))
+    with pytest.raises(ValueError, match="sequence_length`=3"):
+        layer(np.zeros((1, 4), "int32"))
