@@ -12,11 +12,13 @@ Example:
 """
 
 from keras_selfattn import ops
-from keras_selfattn.layers import MultiHeadAttention
-from keras_selfattn.layers import SelfAttention
-from keras_selfattn.layers import SinusoidalPositionEncoding
-from keras_selfattn.layers import TokenAndPositionEmbedding
-from keras_selfattn.layers import TransformerEncoder
+from keras_selfattn.layers import (
+    MultiHeadAttention,
+    SelfAttention,
+    SinusoidalPositionEncoding,
+    TokenAndPositionEmbedding,
+    TransformerEncoder,
+)
 from keras_selfattn.ops import scaled_dot_product_attention
 
 __version__ = "0.1.0"

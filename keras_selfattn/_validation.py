@@ -1,8 +1,9 @@
-"""Argument checks shared by the ops and the layers (Keras-style messages)."""
+"""Argument checks shared across the package (Keras-style messages).
+
+Pure Python: `keras_selfattn.text` uses them without Keras.
+"""
 
 import numbers
-
-import keras
 
 
 def check_positive_int(name, value, allow_none=False):
@@ -56,33 +57,3 @@ def check_positive_float(name, value, allow_none=False):
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
     return float(value)
-
-
-def check_float_input(name, tensor):
-    """Raise TypeError unless `tensor` has a floating-point dtype."""
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if not keras.backend.is_float_dtype(dtype):
-        raise TypeError(
-            f"`{name}` must be a floating-point tensor. "
-            f"Received: {name}.dtype={dtype}"
-        )
-
-
-def check_int_input(name, tensor):
-    """Raise TypeError unless `tensor` has an integer dtype (token ids)."""
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if not keras.backend.is_int_dtype(dtype):
-        raise TypeError(
-            f"`{name}` must be an integer tensor of token ids. "
-            f"Received: {name}.dtype={dtype}"
-        )
-
-
-def check_width(name, tensor, width):
-    """Raise ValueError unless `tensor` is rank 3 with last dim `width`."""
-    shape = tuple(tensor.shape)
-    if len(shape) != 3 or shape[-1] != width:
-        raise ValueError(
-            f"`{name}` must have shape (batch, length, {width}), as when the "
-            f"layer was built. Received: {name}.shape={shape}"
-        )

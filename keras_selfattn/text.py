@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import tokenizers
 
+from keras_selfattn._validation import check_choice, check_positive_int
+
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
 CLS_TOKEN = "[CLS]"
@@ -84,27 +86,6 @@ word_spans: per text, a list of `(start, end)` character offsets into the
 # --------------------------------------------------------------------------
 # Argument checks (Keras style: name the argument and the value received).
 # --------------------------------------------------------------------------
-
-
-def _check_positive_int(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value <= 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
-
-
-def _check_choice(name, value, choices):
-    if value not in choices:
-        raise ValueError(
-            f"`{name}` must be one of {list(choices)}. "
-            f"Received: {name}={value!r}"
-        )
-    return value
 
 
 def _check_tokenizer(tokenizer):
@@ -222,14 +203,14 @@ def train_tokenizer(
     texts = _check_texts("texts", texts)
     if not texts:
         raise ValueError("`texts` must not be empty. Received: texts=[]")
-    vocab_size = _check_positive_int("vocab_size", vocab_size)
+    vocab_size = check_positive_int("vocab_size", vocab_size)
     if vocab_size <= len(SPECIAL_TOKENS):
         raise ValueError(
             f"`vocab_size` must be larger than the {len(SPECIAL_TOKENS)} "
             f"special tokens. Received: vocab_size={vocab_size}"
         )
-    _check_choice("model", model, MODELS)
-    min_frequency = _check_positive_int("min_frequency", min_frequency)
+    check_choice("model", model, MODELS)
+    min_frequency = check_positive_int("min_frequency", min_frequency)
 
     specials = list(SPECIAL_TOKENS)
     bert_pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
@@ -515,8 +496,8 @@ def encode_texts(
     """
     _check_tokenizer(tokenizer)
     texts = _check_texts("texts", texts)
-    max_length = _check_positive_int("max_length", max_length)
-    _check_choice("truncation", truncation, TRUNCATION_STRATEGIES)
+    max_length = check_positive_int("max_length", max_length)
+    check_choice("truncation", truncation, TRUNCATION_STRATEGIES)
     if (
         isinstance(head_fraction, bool)
         or not isinstance(head_fraction, numbers.Real)
@@ -590,7 +571,7 @@ def encode_words(tokenizer, sentences, max_length=128, add_special_tokens=True):
     """
     _check_tokenizer(tokenizer)
     sentences = _check_sentences(sentences)
-    max_length = _check_positive_int("max_length", max_length)
+    max_length = check_positive_int("max_length", max_length)
     tokenizer = _fresh_copy(tokenizer.to_str())
     _check_pad_id(tokenizer)
     _budget(max_length, *_special_affixes(tokenizer, add_special_tokens))
@@ -640,7 +621,7 @@ def encode_text_words(
     """
     _check_tokenizer(tokenizer)
     texts = _check_texts("texts", texts)
-    max_length = _check_positive_int("max_length", max_length)
+    max_length = check_positive_int("max_length", max_length)
     tokenizer = _fresh_copy(tokenizer.to_str())
     _check_pad_id(tokenizer)
     prefix, suffix = _special_affixes(tokenizer, add_special_tokens)

@@ -1,9 +1,9 @@
 """Small helpers shared by the layers (not public API)."""
 
+import keras
 from keras import ops
 
-from keras_selfattn.ops.attention import check_mask
-from keras_selfattn.ops.attention import merge_masks
+from keras_selfattn.ops.attention import check_mask, merge_masks
 
 
 def clone_initializer(initializer):
@@ -27,3 +27,23 @@ def self_attention_mask(inputs, padding_mask, attention_mask, implicit_mask):
     if key_mask is not None:
         key_mask = ops.expand_dims(key_mask, 1)
     return merge_masks(attention_mask, key_mask)
+
+
+def check_int_input(name, tensor):
+    """Raise TypeError unless `tensor` has an integer dtype (token ids)."""
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if not keras.backend.is_int_dtype(dtype):
+        raise TypeError(
+            f"`{name}` must be an integer tensor of token ids. "
+            f"Received: {name}.dtype={dtype}"
+        )
+
+
+def check_width(name, tensor, width):
+    """Raise ValueError unless `tensor` is rank 3 with last dim `width`."""
+    shape = tuple(tensor.shape)
+    if len(shape) != 3 or shape[-1] != width:
+        raise ValueError(
+            f"`{name}` must have shape (batch, length, {width}), as when the "
+            f"layer was built. Received: {name}.shape={shape}"
+        )

@@ -3,15 +3,15 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_float_input
-from keras_selfattn._validation import check_positive_int
-from keras_selfattn._validation import check_rate
-from keras_selfattn._validation import check_width
-from keras_selfattn.layers._common import clone_initializer
-from keras_selfattn.ops.attention import causal_mask
-from keras_selfattn.ops.attention import check_mask
-from keras_selfattn.ops.attention import merge_masks
-from keras_selfattn.ops.attention import scaled_dot_product_attention
+from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn.layers._common import check_width, clone_initializer
+from keras_selfattn.ops.attention import (
+    causal_mask,
+    check_float_input,
+    check_mask,
+    merge_masks,
+    scaled_dot_product_attention,
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")

@@ -3,11 +3,12 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_choice
-from keras_selfattn._validation import check_int_input
-from keras_selfattn._validation import check_positive_float
-from keras_selfattn._validation import check_positive_int
-from keras_selfattn.layers._common import clone_initializer
+from keras_selfattn._validation import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+)
+from keras_selfattn.layers._common import check_int_input, clone_initializer
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     sinusoidal_positions,
 )

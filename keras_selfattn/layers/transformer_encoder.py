@@ -2,14 +2,18 @@
 
 import keras
 
-from keras_selfattn._validation import check_float_input
-from keras_selfattn._validation import check_positive_float
-from keras_selfattn._validation import check_positive_int
-from keras_selfattn._validation import check_rate
-from keras_selfattn._validation import check_width
-from keras_selfattn.layers._common import clone_initializer
-from keras_selfattn.layers._common import self_attention_mask
+from keras_selfattn._validation import (
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
+from keras_selfattn.layers._common import (
+    check_width,
+    clone_initializer,
+    self_attention_mask,
+)
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
+from keras_selfattn.ops.attention import check_float_input
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")

@@ -19,7 +19,6 @@ import math
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_float_input
 from keras_selfattn._validation import check_rate
 
 _SOFTMAX_DTYPE = "float32"
@@ -299,4 +298,14 @@ def _check_sdpa_mask(mask, query, key):
             "`mask` must have rank 2 (T, S) or rank 4 (B, H, T, S); for a "
             "(B, T, S) mask use `ops.expand_dims(mask, 1)`. "
             f"Received: mask.shape={tuple(mask.shape)}"
+        )
+
+
+def check_float_input(name, tensor):
+    """Raise TypeError unless `tensor` has a floating-point dtype."""
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if not keras.backend.is_float_dtype(dtype):
+        raise TypeError(
+            f"`{name}` must be a floating-point tensor. "
+            f"Received: {name}.dtype={dtype}"
         )
