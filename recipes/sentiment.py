@@ -1,0 +1,388 @@
+"""Train an IMDB sentiment classifier from keras-selfattn layers.
+
+    python recipes/sentiment.py                    # full run (~15 min, CPU)
+    python recipes/sentiment.py --smoke            # whole path, tiny slice
+    python recipes/sentiment.py --data my.csv --text-column review \\
+        --label-column stars                       # your own CSV
+    python recipes/sentiment.py predict --model-dir runs/sentiment \\
+        "A warm, funny film." "Two hours I will never get back."
+    echo "Loved it" | python recipes/sentiment.py predict --explain
+
+Data: the 50,000 IMDB reviews (Maas et al. 2011) split 25,000 test /
+22,500 train / 2,500 validation (carved from train), stratified, seed 1337.
+Text goes through a WordPiece tokenizer trained on the training split only
+(Hugging Face `tokenizers`); reviews longer than `--max-length` tokens keep
+their head and tail. Model: token + position embeddings, Transformer
+encoder blocks, masked mean pooling, a logistic output. Batches are padded
+to length buckets, so compiled programs are reused and short reviews cost
+little. Everything lands in `--output-dir`: model.keras, tokenizer.json,
+metrics.json, learning_curves.png and train.log.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: I001  (sets KERAS_BACKEND before keras is imported)
+
+BACKEND_NOTE = common.choose_backend()
+
+import keras
+import numpy as np
+
+import data
+import keras_selfattn as ksa
+from keras_selfattn import text
+
+LABEL_NAMES = ("negative", "positive")
+
+# One-sentence reviews written for this recipe: what people type into
+# `predict`. The model is checked on them after training.
+SHORT_REVIEWS = [
+    ("A wonderful film, I loved every minute of it.", 1),
+    ("Brilliant acting and a moving story.", 1),
+    ("One of the best movies I have seen this year.", 1),
+    ("Funny, smart and beautifully shot.", 1),
+    ("I would happily watch it again.", 1),
+    ("A masterpiece.", 1),
+    ("Great cast, great script, great fun.", 1),
+    ("The soundtrack is superb and the ending made me cry.", 1),
+    ("Highly recommended for the whole family.", 1),
+    ("Charming and heartfelt from start to finish.", 1),
+    ("A boring, predictable mess.", 0),
+    ("Terrible acting and an awful script.", 0),
+    ("I walked out after half an hour.", 0),
+    ("The worst movie I have ever seen.", 0),
+    ("Two hours of my life I will never get back.", 0),
+    ("Dull, slow and completely pointless.", 0),
+    ("Avoid this one.", 0),
+    ("The plot makes no sense and the jokes fall flat.", 0),
+    ("A waste of a talented cast.", 0),
+    ("Painfully bad from the first scene.", 0),
+]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    pred = sub.add_parser("predict", help="label texts with a trained model")
+    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
+    pred.add_argument("--model-dir", default="runs/sentiment")
+    pred.add_argument(
+        "--explain",
+        action="store_true",
+        help="also write a PNG heat map of attention per text",
+    )
+
+    parser.add_argument("--output-dir", default="runs/sentiment")
+    parser.add_argument("--data", help="your own CSV instead of IMDB")
+    parser.add_argument("--text-column", default="text")
+    parser.add_argument("--label-column", default="label")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--vocab-size", type=int, default=20000)
+    parser.add_argument("--embedding-dim", type=int, default=64)
+    parser.add_argument("--num-layers", type=int, default=1)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--intermediate-dim", type=int, default=128)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="whole path on a tiny slice, in well under a minute",
+    )
+    parser.add_argument("--tensorboard", action="store_true")
+    args = parser.parse_args(argv)
+    if args.command != "predict" and args.smoke:
+        args.epochs = 1
+        args.max_length = min(args.max_length, 128)
+        args.vocab_size = min(args.vocab_size, 2000)
+        args.batch_size = 32
+    return args
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_splits(args):
+    """Train/validation/test texts and labels, and a description."""
+    if args.data:
+        texts, labels, names = data.load_text_csv(
+            args.data, args.text_column, args.label_column
+        )
+        if len(names) != 2:
+            raise ValueError(
+                "This recipe trains a binary classifier; `--data` has "
+                f"{len(names)} labels: {names}"
+            )
+        splits, info = data.split_dataset(
+            texts, labels, 0.2, 0.1, args.seed, label_names=names
+        )
+        info["dataset"] = str(args.data)
+        return splits, info, tuple(names)
+    texts, labels = data.load_imdb()
+    splits, info = data.split_imdb(texts, labels, seed=args.seed)
+    if args.smoke:
+        splits = {
+            name: (split_texts[:n], split_labels[:n])
+            for (name, (split_texts, split_labels)), n in zip(
+                splits.items(), (600, 200, 200)
+            )
+        }
+        info["smoke"] = {name: len(s[0]) for name, s in splits.items()}
+    return splits, info, LABEL_NAMES
+
+
+def encode(tokenizer, texts, args, cache_dir=None):
+    return text.encode_texts(
+        tokenizer,
+        texts,
+        max_length=args.max_length,
+        truncation="head+tail",
+        cache_dir=cache_dir,
+    )
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(args, vocab_size):
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    x = ksa.TokenAndPositionEmbedding(
+        vocab_size,
+        args.max_length,
+        args.embedding_dim,
+        mask_zero=True,
+        name="embedding",
+    )(token_ids)
+    x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
+    for i in range(args.num_layers):
+        x = ksa.TransformerEncoder(
+            args.num_heads,
+            args.intermediate_dim,
+            dropout=args.dropout,
+            activation="gelu",
+            name=f"encoder_{i}",
+        )(x)
+    x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)  # masked
+    x = keras.layers.Dropout(args.dropout, name="pool_dropout")(x)
+    probability = keras.layers.Dense(1, "sigmoid", name="positive")(x)
+    return keras.Model(token_ids, probability, name="sentiment")
+
+
+def compile_model(model, args, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(steps - steps // 10, 1),
+        warmup_target=args.learning_rate,
+        warmup_steps=steps // 10,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+        jit_compile=keras.backend.backend() != "torch",
+    )
+
+
+# ---------------------------------------------------------------- train
+
+
+def train(args):
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    timer = common.Timer()
+    print(BACKEND_NOTE)
+    print(f"settings: {vars(args)}")
+
+    with timer("data"):
+        splits, split_info, label_names = load_splits(args)
+        print(f"split: {split_info}")
+
+    with timer("tokenize"):
+        train_texts = splits["train"][0]
+        tokenizer = text.train_tokenizer(
+            train_texts, vocab_size=args.vocab_size
+        )
+        text.save_tokenizer(tokenizer, out / "tokenizer.json")
+        cache = None if args.smoke else data.resolve_cache_dir() / "encoded"
+        encoded = {
+            name: (encode(tokenizer, texts, args, cache), labels)
+            for name, (texts, labels) in splits.items()
+        }
+        lengths = (encoded["train"][0] != 0).sum(1)
+        print(
+            f"vocabulary {tokenizer.get_vocab_size()}; train tokens per "
+            f"review: median {int(np.median(lengths))}, "
+            f"{(lengths >= args.max_length).mean():.0%} truncated to "
+            f"{args.max_length}"
+        )
+
+    buckets = common.bucket_lengths(args.max_length)
+    batches = {
+        name: common.make_batches(
+            ids,
+            labels.astype("float32"),
+            args.batch_size,
+            buckets,
+            shuffle=name == "train",
+            seed=args.seed,
+        )
+        for name, (ids, labels) in encoded.items()
+    }
+
+    model = build_model(args, tokenizer.get_vocab_size())
+    compile_model(model, args, steps=len(batches["train"]) * args.epochs)
+    model.summary(print_fn=lambda line, **_: print(line))
+    callbacks = [
+        keras.callbacks.EarlyStopping(
+            monitor="val_accuracy", patience=1, restore_best_weights=True
+        ),
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+    ]
+    if args.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
+
+    with timer("train"):
+        history = model.fit(
+            batches["train"],
+            validation_data=batches["validation"],
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    common.plot_learning_curves(
+        history.history, out / "learning_curves.png", ["loss", "accuracy"]
+    )
+
+    with timer("evaluate"):
+        test_loss, test_accuracy = model.evaluate(batches["test"], verbose=0)
+        short_accuracy = short_review_accuracy(model, tokenizer, args)
+        print(
+            f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f} "
+            f"({len(encoded['test'][1])} reviews); short one-sentence "
+            f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
+        )
+
+    with timer("save and reload"):
+        path = out / "model.keras"
+        common.save_model_atomic(model, path)
+        check_reload(model, path, encoded["test"][0][:64])
+
+    metrics = {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "short_review_accuracy": float(short_accuracy),
+        "train_seconds": timer.seconds["train"],
+        "phase_seconds": timer.seconds,
+        "epochs_run": len(history.history["loss"]),
+        "backend": keras.backend.backend(),
+        "split": split_info,
+        "settings": vars(args),
+        "label_names": list(label_names),
+    }
+    common.write_json_atomic(metrics, out / "metrics.json")
+    print(f"wrote {out}/: model.keras tokenizer.json metrics.json ...")
+    return metrics
+
+
+def short_review_accuracy(model, tokenizer, args):
+    texts = [review for review, _ in SHORT_REVIEWS]
+    labels = np.array([label for _, label in SHORT_REVIEWS])
+    probabilities = predict_probabilities(model, tokenizer, texts, args)
+    return float(((probabilities > 0.5) == labels).mean())
+
+
+def predict_probabilities(model, tokenizer, texts, args):
+    ids = encode(tokenizer, texts, args)
+    width = max(int((ids != 0).sum(1).max()), 1)
+    return model.predict(ids[:, :width], verbose=0)[:, 0]
+
+
+def check_reload(model, path, ids):
+    """The saved file loads (no custom_objects) and predicts the same."""
+    loaded = keras.saving.load_model(path)
+    diff = np.abs(
+        model.predict(ids, verbose=0) - loaded.predict(ids, verbose=0)
+    )
+    print(f"reloaded {path}: max |difference| {diff.max():.1e}")
+    if diff.max() > 1e-5:
+        raise RuntimeError(f"Reloaded model predicts differently: {diff.max()}")
+
+
+# ---------------------------------------------------------------- predict
+
+
+def predict(args):
+    model_dir = Path(args.model_dir)
+    model = keras.saving.load_model(model_dir / "model.keras")
+    tokenizer = text.load_tokenizer(model_dir / "tokenizer.json")
+    saved = json.loads((model_dir / "metrics.json").read_text())
+    settings = argparse.Namespace(**saved["settings"])
+    label_names = saved["label_names"]
+    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SystemExit("No texts given (arguments or stdin lines).")
+    probabilities = predict_probabilities(model, tokenizer, texts, settings)
+    for i, (review, p) in enumerate(zip(texts, probabilities)):
+        label = label_names[int(p > 0.5)]
+        print(f"{label}\t{p:.3f}\t{review}")
+        if args.explain:
+            path = model_dir / f"explain_{i}.png"
+            explain(model, tokenizer, review, settings, path)
+            print(f"\tattention heat map: {path}")
+
+
+def explain(model, tokenizer, review, settings, path):
+    """Heat map of how much attention each token receives in the last
+    encoder block (mean over heads and over the review's tokens)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    encoders = [
+        layer for layer in model.layers if layer.name.startswith("encoder_")
+    ]
+    last = encoders[-1]
+    _, scores = last(last.input, return_attention_scores=True)
+    explainer = keras.Model(model.inputs, scores)
+    ids = encode(tokenizer, [review], settings)
+    length = int((ids != 0).sum())
+    weights = explainer.predict(ids[:, :length], verbose=0)[0]
+    received = weights.mean(axis=(0, 1))
+    tokens = [tokenizer.id_to_token(int(i)) for i in ids[0, :length]]
+    fig, axis = plt.subplots(figsize=(max(4, 0.45 * length), 1.8))
+    axis.imshow(received[None, :], cmap="Reds", aspect="auto")
+    axis.set_xticks(range(length), tokens, rotation=60, ha="right")
+    axis.set_yticks([])
+    axis.set_title("attention received (last encoder, mean over heads)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "predict":
+        predict(args)
+        return
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with common.Tee(out / "train.log"):
+        train(args)
+
+
+if __name__ == "__main__":
+    main()
