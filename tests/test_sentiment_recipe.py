@@ -1,0 +1,134 @@
+"""The sentiment recipe end to end (--smoke), and its model across backends.
+
+Runs on a small CSV written here (`--data`), so it needs no download; the
+IMDB loader itself is tested in test_data.py.
+"""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "sentiment.py"
+GOOD = ["great", "wonderful", "moving", "brilliant", "funny", "superb"]
+BAD = ["awful", "boring", "dull", "terrible", "pointless", "bland"]
+FILLER = ["the", "film", "plot", "actors", "was", "and", "a", "story"]
+
+
+def write_reviews(path, n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "stars"])
+        for i in range(n):
+            label = "good" if i % 2 else "bad"
+            words = list(rng.choice(FILLER, size=rng.integers(3, 30)))
+            cue = GOOD if label == "good" else BAD
+            words += list(rng.choice(cue, size=2))
+            rng.shuffle(words)
+            writer.writerow([" ".join(words), label])
+
+
+def run(args, backend=BACKEND, stdin=None):
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def parse_predictions(stdout):
+    rows = [line.split("\t") for line in stdout.splitlines() if "\t" in line]
+    rows = [row for row in rows if len(row) == 3]
+    return [row[0] for row in rows], np.array([float(row[1]) for row in rows])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sentiment")
+    write_reviews(tmp / "reviews.csv")
+    out = tmp / "run"
+    stdout = run(
+        [
+            "--smoke",
+            "--data",
+            str(tmp / "reviews.csv"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "3",
+        ]
+    )
+    return out, stdout
+
+
+def test_smoke_run_writes_everything(trained):
+    out, stdout = trained
+    for name in (
+        "model.keras",
+        "tokenizer.json",
+        "metrics.json",
+        "learning_curves.png",
+        "history.csv",
+        "train.log",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == BACKEND
+    assert metrics["label_names"] == ["bad", "good"]
+    for key in ("test_accuracy", "test_loss", "train_seconds", "split"):
+        assert key in metrics
+    assert "reloaded" in stdout and "max |difference| 0.0e+00" in stdout
+    # The cue words decide the label: even a smoke run learns them.
+    assert metrics["test_accuracy"] >= 0.9, metrics["test_accuracy"]
+
+
+def test_predict_reads_arguments_and_stdin(trained):
+    out, _ = trained
+    texts = ["a wonderful and superb film", "boring and awful plot"]
+    labels, probs = parse_predictions(
+        run(["predict", "--model-dir", str(out), *texts])
+    )
+    assert labels == ["good", "bad"] and probs.shape == (2,)
+    from_stdin, _ = parse_predictions(
+        run(["predict", "--model-dir", str(out)], stdin="\n".join(texts))
+    )
+    assert from_stdin == labels
+
+
+def test_explain_writes_a_heat_map(trained):
+    out, _ = trained
+    stdout = run(["predict", "--explain", "--model-dir", str(out), "dull film"])
+    assert (out / "explain_0.png").stat().st_size > 0, stdout
+
+
+@pytest.mark.parametrize(
+    "other", [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
+)
+def test_saved_model_predicts_the_same_under_other_backends(trained, other):
+    out, _ = trained
+    texts = ["great moving story", "dull and pointless", "the film was a plot"]
+    _, here = parse_predictions(
+        run(["predict", "--model-dir", str(out), *texts])
+    )
+    _, there = parse_predictions(
+        run(["predict", "--model-dir", str(out), *texts], backend=other)
+    )
+    np.testing.assert_allclose(there, here, atol=1e-3)  # printed with 3 digits
