@@ -119,12 +119,16 @@ def bucket_lengths(max_length, smallest=32):
     return tuple(buckets) + (max_length,)
 
 
-def make_batches(ids, targets, batch_size, buckets, shuffle, seed=0):
+def make_batches(
+    ids, targets, batch_size, buckets, shuffle, seed=0, transform=None
+):
     """A `keras.utils.PyDataset` of `(ids, targets)` batches, each padded
     only to the smallest bucket that holds its longest row.
 
     Rows are grouped by bucket, so XLA compiles one program per bucket (and
     batch size) instead of one per batch, and short texts cost little.
+    `transform(batch_ids, rng)`, if given, rewrites each batch's ids (data
+    augmentation); it must keep the batch's shape.
     """
     import keras
     import numpy as np
@@ -156,8 +160,10 @@ def make_batches(ids, targets, batch_size, buckets, shuffle, seed=0):
 
         def __getitem__(self, index):
             bucket, rows = self.batches[index]
-            width = buckets[bucket]
-            return ids[rows, :width], targets[rows]
+            batch = ids[rows, : buckets[bucket]]
+            if transform is not None:
+                batch = transform(batch.copy(), self.rng)
+            return batch, targets[rows]
 
         def on_epoch_end(self):
             if shuffle:

@@ -1,0 +1,84 @@
+"""Recipe plumbing: bucketed batches, crops, atomic saves."""
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+
+import common
+from sentiment import short_crops
+
+
+def test_bucket_lengths():
+    assert common.bucket_lengths(512) == (32, 64, 128, 256, 512)
+    assert common.bucket_lengths(384) == (32, 64, 128, 256, 384)
+    assert common.bucket_lengths(20) == (20,)
+
+
+def test_batches_cover_every_row_once_at_the_smallest_bucket():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=203)
+    ids = np.zeros((203, 100), "int32")
+    for row, length in enumerate(lengths):
+        ids[row, :length] = row + 1  # row id, so rows can be traced
+    targets = np.arange(203)
+    buckets = common.bucket_lengths(100)
+    batches = common.make_batches(ids, targets, 16, buckets, shuffle=True)
+    seen = []
+    for i in range(len(batches)):
+        batch, batch_targets = batches[i]
+        longest = (batch != 0).sum(1).max()
+        assert batch.shape[1] == min(b for b in buckets if b >= longest)
+        np.testing.assert_array_equal(batch[:, 0] - 1, batch_targets)
+        seen.extend(batch_targets.tolist())
+    assert sorted(seen) == list(range(203))
+    first_order = [batches[i][1][0] for i in range(len(batches))]
+    batches.on_epoch_end()
+    assert first_order != [batches[i][1][0] for i in range(len(batches))]
+
+
+def test_short_crops_keep_a_contiguous_window():
+    cls_id, sep_id = 2, 3
+    batch = np.zeros((50, 64), "int32")
+    batch[:, 0] = cls_id
+    batch[:, 1:61] = np.arange(100, 160)
+    batch[:, 61] = sep_id
+    out = short_crops(1.0, cls_id, sep_id)(
+        batch.copy(), np.random.default_rng(1)
+    )
+    assert out.shape == batch.shape
+    for row in out:
+        tokens = row[row != 0]
+        assert tokens[0] == cls_id and tokens[-1] == sep_id
+        window = tokens[1:-1]
+        assert 4 <= len(window) <= 40
+        np.testing.assert_array_equal(np.diff(window), 1)  # contiguous
+
+
+def test_failed_save_keeps_the_good_file(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_bytes(b"good model")
+
+    class Broken:
+        def save(self, target):
+            Path(target).write_bytes(b"half")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        common.save_model_atomic(Broken(), path)
+    assert path.read_bytes() == b"good model"
+    assert list(tmp_path.iterdir()) == [path]
+
+
+def test_save_model_atomic_writes_a_loadable_model(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    common.save_model_atomic(model, tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    x = np.ones((1, 3), "float32")
+    np.testing.assert_array_equal(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0)
+    )
