@@ -98,7 +98,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--short-crops",
         type=float,
-        default=0.0,
+        default=0.1,
         help="fraction of training reviews replaced by short random windows",
     )
     parser.add_argument("--seed", type=int, default=1337)
