@@ -66,6 +66,20 @@ SHORT_REVIEWS = [
 ]
 
 
+DEFAULTS = {
+    "epochs": 2,
+    "batch_size": 32,
+    "max_length": 512,
+    "vocab_size": 20000,
+}
+SMOKE_DEFAULTS = {
+    "epochs": 1,
+    "batch_size": 32,
+    "max_length": 128,
+    "vocab_size": 2000,
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -85,10 +99,11 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="your own CSV instead of IMDB")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--vocab-size", type=int, default=20000)
+    # Defaults of these four depend on --smoke (see SMOKE_DEFAULTS).
+    parser.add_argument("--epochs", type=int, help="default 2")
+    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--max-length", type=int, help="default 512")
+    parser.add_argument("--vocab-size", type=int, help="default 20000")
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--num-heads", type=int, default=2)
@@ -109,11 +124,10 @@ def parse_args(argv=None):
     )
     parser.add_argument("--tensorboard", action="store_true")
     args = parser.parse_args(argv)
-    if args.command != "predict" and args.smoke:
-        args.epochs = 1
-        args.max_length = min(args.max_length, 128)
-        args.vocab_size = min(args.vocab_size, 2000)
-        args.batch_size = 32
+    defaults = SMOKE_DEFAULTS if args.smoke else DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
     return args
 
 
@@ -379,6 +393,25 @@ def predict(args):
             print(f"\tattention heat map: {path}")
 
 
+def last_attention(model, ids):
+    """Attention probabilities `(B, heads, L, L)` of the last encoder block,
+    by running the recipe's layers in order (embedding, encoders)."""
+    padding = ids != 0
+    embed = keras.Model(model.input, model.get_layer("embedding").output)
+    hidden = embed(ids)
+    encoders = [
+        layer
+        for layer in model.layers
+        if isinstance(layer, ksa.TransformerEncoder)
+    ]
+    for encoder in encoders[:-1]:
+        hidden = encoder(hidden, padding_mask=padding)
+    _, scores = encoders[-1](
+        hidden, padding_mask=padding, return_attention_scores=True
+    )
+    return keras.ops.convert_to_numpy(scores)
+
+
 def explain(model, tokenizer, review, settings, path):
     """Heat map of how much attention each token receives in the last
     encoder block (mean over heads and over the review's tokens)."""
@@ -387,15 +420,10 @@ def explain(model, tokenizer, review, settings, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    encoders = [
-        layer for layer in model.layers if layer.name.startswith("encoder_")
-    ]
-    last = encoders[-1]
-    _, scores = last(last.input, return_attention_scores=True)
-    explainer = keras.Model(model.inputs, scores)
     ids = encode(tokenizer, [review], settings)
     length = int((ids != 0).sum())
-    weights = explainer.predict(ids[:, :length], verbose=0)[0]
+    ids = ids[:, :length]
+    weights = last_attention(model, ids)[0]
     received = weights.mean(axis=(0, 1))
     tokens = [tokenizer.id_to_token(int(i)) for i in ids[0, :length]]
     fig, axis = plt.subplots(figsize=(max(4, 0.45 * length), 1.8))

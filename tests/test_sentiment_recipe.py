@@ -22,7 +22,7 @@ BAD = ["awful", "boring", "dull", "terrible", "pointless", "bland"]
 FILLER = ["the", "film", "plot", "actors", "was", "and", "a", "story"]
 
 
-def write_reviews(path, n=400, seed=0):
+def write_reviews(path, n=600, seed=0):
     rng = np.random.default_rng(seed)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -73,7 +73,9 @@ def trained(tmp_path_factory):
             "--output-dir",
             str(out),
             "--epochs",
-            "3",
+            "6",
+            "--learning-rate",
+            "3e-3",
         ]
     )
     return out, stdout
