@@ -153,7 +153,7 @@ def make_batches(
             if shuffle:
                 order = self.rng.permutation(len(batches))
                 batches = [batches[i] for i in order]
-            return batches
+            return _two_widths_first(batches)
 
         def __len__(self):
             return len(self.batches)
@@ -170,6 +170,19 @@ def make_batches(
                 self.batches = self._plan()
 
     return BucketedBatches()
+
+
+def _two_widths_first(batches):
+    """Move a batch of another bucket to position 1, if there is one.
+
+    Keras' TensorFlow adapter fixes the input signature from the first two
+    batches; two different widths there make the length axis dynamic.
+    """
+    for i, (bucket, _) in enumerate(batches[1:], start=1):
+        if bucket != batches[0][0]:
+            batches[1], batches[i] = batches[i], batches[1]
+            break
+    return batches
 
 
 def plot_learning_curves(history, path, metrics):

@@ -36,6 +36,10 @@ def test_batches_cover_every_row_once_at_the_smallest_bucket():
         np.testing.assert_array_equal(batch[:, 0] - 1, batch_targets)
         seen.extend(batch_targets.tolist())
     assert sorted(seen) == list(range(203))
+    # Two widths first: TensorFlow's adapter then keeps the length dynamic.
+    assert batches[0][0].shape[1] != batches[1][0].shape[1]
+    ordered = common.make_batches(ids, targets, 16, buckets, shuffle=False)
+    assert ordered[0][0].shape[1] != ordered[1][0].shape[1]
     first_order = [batches[i][1][0] for i in range(len(batches))]
     batches.on_epoch_end()
     assert first_order != [batches[i][1][0] for i in range(len(batches))]
