@@ -13,19 +13,15 @@ Runs are interleaved A B A B in one process after one warm-up each; the
 table shows the median of `--reps` runs. Also printed: how many rows the
 two produce identically (same vocabulary, so they should nearly all agree).
 
-    KERAS_BACKEND=tensorflow python benchmarks/tokenize.py --num-texts 5000
+    KERAS_BACKEND=tensorflow python benchmarks/tokenizer_throughput.py \
+        --num-texts 5000
 """
 
 import os
 import sys
 
-# This file's name shadows the standard library's `tokenize` (imported by
-# `inspect`); drop the script's own directory from the path before any
-# other import, and use the repository root instead.
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if sys.path and os.path.abspath(sys.path[0] or os.curdir) == _HERE:
-    sys.path.pop(0)
-sys.path.insert(0, os.path.dirname(_HERE))
+sys.path.insert(0, os.path.dirname(_HERE))  # the repository root
 
 import argparse
 import statistics
