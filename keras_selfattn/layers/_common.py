@@ -11,6 +11,18 @@ def clone_initializer(initializer):
     return initializer.__class__.from_config(initializer.get_config())
 
 
+def initializers_config(layer):
+    """The `kernel_initializer`/`bias_initializer` entries of a config."""
+    return {
+        "kernel_initializer": keras.initializers.serialize(
+            layer.kernel_initializer
+        ),
+        "bias_initializer": keras.initializers.serialize(
+            layer.bias_initializer
+        ),
+    }
+
+
 def self_attention_mask(inputs, padding_mask, attention_mask, implicit_mask):
     """Check and merge the masks of a self-attention call.
 

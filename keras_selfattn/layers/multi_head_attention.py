@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import check_width, clone_initializer
 from keras_selfattn.ops.attention import (
     causal_mask,
@@ -326,12 +327,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 "num_key_value_heads": self.num_key_value_heads,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
+                **initializers_config(self),
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),

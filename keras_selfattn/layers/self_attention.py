@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
     check_width,
     clone_initializer,
@@ -179,12 +180,7 @@ class SelfAttention(keras.layers.Layer):
                 "units": self.units,
                 "use_bias": self.use_bias,
                 "dropout": self.dropout,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
+                **initializers_config(self),
                 "seed": self.seed,
             }
         )

@@ -7,6 +7,7 @@ from keras_selfattn._validation import (
     check_positive_int,
     check_rate,
 )
+from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
     check_width,
     clone_initializer,
@@ -235,12 +236,7 @@ class TransformerEncoder(keras.layers.Layer):
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "num_key_value_heads": self.num_key_value_heads,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "bias_initializer": keras.initializers.serialize(
-                    self.bias_initializer
-                ),
+                **initializers_config(self),
                 "seed": self.seed,
             }
         )
