@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_selfattn.ops.attention import check_mask, merge_masks
+from keras_selfattn.ops.attention import check_dtype, check_mask, merge_masks
 
 
 def clone_initializer(initializer):
@@ -43,12 +43,12 @@ def self_attention_mask(inputs, padding_mask, attention_mask, implicit_mask):
 
 def check_int_input(name, tensor):
     """Raise TypeError unless `tensor` has an integer dtype (token ids)."""
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if not keras.backend.is_int_dtype(dtype):
-        raise TypeError(
-            f"`{name}` must be an integer tensor of token ids. "
-            f"Received: {name}.dtype={dtype}"
-        )
+    check_dtype(
+        name,
+        tensor,
+        keras.backend.is_int_dtype,
+        "an integer tensor of token ids",
+    )
 
 
 def check_width(name, tensor, width):

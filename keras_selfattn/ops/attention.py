@@ -257,12 +257,12 @@ def check_mask(name, mask, expected_shape):
 
 
 def _check_mask_dtype(name, mask):
-    dtype = keras.backend.standardize_dtype(mask.dtype)
-    if dtype != "bool" and not keras.backend.is_int_dtype(dtype):
-        raise TypeError(
-            f"`{name}` must be a boolean (True = may attend) or integer "
-            f"tensor. Received: {name}.dtype={dtype}"
-        )
+    check_dtype(
+        name,
+        mask,
+        lambda dtype: dtype == "bool" or keras.backend.is_int_dtype(dtype),
+        "a boolean (True = may attend) or integer tensor",
+    )
 
 
 def _check_mask_shape(name, mask, expected_shape):
@@ -301,11 +301,17 @@ def _check_sdpa_mask(mask, query, key):
         )
 
 
+def check_dtype(name, tensor, accepts, description):
+    """Raise TypeError unless `accepts(dtype)` for `tensor`'s dtype."""
+    dtype = keras.backend.standardize_dtype(tensor.dtype)
+    if not accepts(dtype):
+        raise TypeError(
+            f"`{name}` must be {description}. Received: {name}.dtype={dtype}"
+        )
+
+
 def check_float_input(name, tensor):
     """Raise TypeError unless `tensor` has a floating-point dtype."""
-    dtype = keras.backend.standardize_dtype(tensor.dtype)
-    if not keras.backend.is_float_dtype(dtype):
-        raise TypeError(
-            f"`{name}` must be a floating-point tensor. "
-            f"Received: {name}.dtype={dtype}"
-        )
+    check_dtype(
+        name, tensor, keras.backend.is_float_dtype, "a floating-point tensor"
+    )
