@@ -194,26 +194,15 @@ def test_head_tail_extremes_match_rust_truncation(trained):
     texts = [" ".join(CORPUS[: i % 4 + 1]) for i in range(9)] + ["", "dog"]
     head = text.encode_texts(trained, texts, max_length=11)
     tail = text.encode_texts(trained, texts, max_length=11, truncation="tail")
-    np.testing.assert_array_equal(
-        text.encode_texts(
+    for head_fraction, expected in ((1.0, head), (0.0, tail)):
+        got = text.encode_texts(
             trained,
             texts,
             max_length=11,
             truncation="head+tail",
-            head_fraction=1.0,
-        ),
-        head,
-    )
-    np.testing.assert_array_equal(
-        text.encode_texts(
-            trained,
-            texts,
-            max_length=11,
-            truncation="head+tail",
-            head_fraction=0.0,
-        ),
-        tail,
-    )
+            head_fraction=head_fraction,
+        )
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_chunked_encoding_matches_one_batch(trained, monkeypatch):
