@@ -1,5 +1,6 @@
 # `make test`: set up .venv (once) and run the suite under every backend.
 # `make sentiment`: set up .venv (once) and train the sentiment recipe.
+# `make ner`: set up .venv (once) and train the NER recipe.
 PYTHON ?= python3
 VENV ?= .venv
 BACKENDS ?= tensorflow jax torch
@@ -16,6 +17,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q torch==2.13.0
 	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	# seqeval, the NER scorer's test oracle, ships only an sdist whose
+	# isolated build can fail; build it against the venv's setuptools.
+	$(VENV)/bin/python -m pip install -q setuptools setuptools-scm
+	$(VENV)/bin/python -m pip install -q --no-build-isolation seqeval==1.2.2
 	touch $@
 
 # pytest's exit code 5 means "no tests collected": not a failure here.

@@ -597,6 +597,26 @@ def encode_words(tokenizer, sentences, max_length=128, add_special_tokens=True):
     return WordEncoding(ids, word_ids, offsets)
 
 
+def count_word_tokens(tokenizer, sentences):
+    """Number of sub-tokens of each pre-tokenized sentence, special tokens
+    excluded (e.g. to pack sentences into rows of a length budget).
+
+    >>> tok = train_tokenizer(["New York is big"] * 3, vocab_size=60,
+    ...                       min_frequency=1, lowercase=False)
+    >>> count_word_tokens(tok, [["New", "York"], ["big", "!"]]).tolist()
+    [2, 2]
+    """
+    _check_tokenizer(tokenizer)
+    sentences = _check_sentences(sentences)
+    tokenizer = _fresh_copy(tokenizer.to_str())
+    counts = np.zeros(len(sentences), dtype=np.int64)
+    for start, encodings in _encode_chunks(
+        tokenizer, sentences, False, is_pretokenized=True
+    ):
+        counts[start : start + len(encodings)] = [len(e) for e in encodings]
+    return counts
+
+
 def encode_text_words(
     tokenizer, texts, max_length=128, add_special_tokens=True
 ):
@@ -724,6 +744,46 @@ def align_labels(word_ids, word_labels, ignore_index=IGNORE_INDEX):
     return out[0] if single else out
 
 
+def first_token_positions(word_ids, num_words):
+    """Where each word's first sub-token is: per row, an int array of
+    length `num_words[row]`, -1 for words with no token (truncated away).
+
+    Args:
+        word_ids: int `(n, L)` or `(L,)`, -1 where there is no word.
+        num_words: per row, the number of words of the sentence (an int
+            for 1-D input).
+
+    Returns:
+        A list (per row) of int arrays, or one array for 1-D input.
+
+    >>> first_token_positions([-1, 0, 0, 1, -1], num_words=3).tolist()
+    [1, 3, -1]
+    """
+    word_ids = _as_word_ids(word_ids)
+    single = word_ids.ndim == 1
+    if single:
+        word_ids, num_words = word_ids[None], [num_words]
+    num_words = list(num_words)
+    if len(num_words) != len(word_ids):
+        raise ValueError(
+            "`num_words` must have one entry per row of `word_ids`. "
+            f"Received: len(num_words)={len(num_words)}, "
+            f"word_ids.shape={word_ids.shape}"
+        )
+    out = []
+    for row, count in zip(word_ids, num_words, strict=True):
+        positions = np.full(int(count), -1, dtype=np.int64)
+        first = np.flatnonzero(_first_subtokens(row))
+        if len(first) and row[first].max() >= count:
+            raise ValueError(
+                f"`word_ids` refer to word {row[first].max()} but "
+                f"`num_words` for that row is {count}."
+            )
+        positions[row[first]] = first
+        out.append(positions)
+    return out[0] if single else out
+
+
 def labels_to_words(word_ids, token_predictions, num_words, default=0):
     """Per-word predictions from per-token predictions (inverse of
     `align_labels`): each word takes its first sub-token's prediction.
@@ -756,25 +816,9 @@ def labels_to_words(word_ids, token_predictions, num_words, default=0):
     if single:
         word_ids, predictions = word_ids[None], predictions[None]
         num_words = [num_words]
-    num_words = list(num_words)
-    if len(num_words) != len(word_ids):
-        raise ValueError(
-            "`num_words` must have one entry per row of `word_ids`. "
-            f"Received: len(num_words)={len(num_words)}, "
-            f"word_ids.shape={word_ids.shape}"
-        )
-    out = []
-    for row, preds, count in zip(word_ids, predictions, num_words, strict=True):
-        words = [default] * int(count)
-        first = _first_subtokens(row)
-        for w, p in zip(
-            row[first].tolist(), preds[first].tolist(), strict=True
-        ):
-            if w >= count:
-                raise ValueError(
-                    f"`word_ids` refer to word {w} but `num_words` for that "
-                    f"row is {count}."
-                )
-            words[w] = p
-        out.append(words)
+    positions = first_token_positions(word_ids, num_words)
+    out = [
+        [default if p < 0 else row[p] for p in where.tolist()]
+        for row, where in zip(predictions.tolist(), positions, strict=True)
+    ]
     return out[0] if single else out

@@ -119,20 +119,36 @@ def bucket_lengths(max_length, smallest=32):
     return tuple(buckets) + (max_length,)
 
 
+def _take(array, rows, width):
+    """Rows of `array`, cut to `width` along the length axis (axis 1) when
+    it has one."""
+    return array[rows, :width] if array.ndim >= 2 else array[rows]
+
+
+def _take_all(arrays, rows, width):
+    if isinstance(arrays, dict):
+        return {name: _take(a, rows, width) for name, a in arrays.items()}
+    return _take(arrays, rows, width)
+
+
 def make_batches(
-    ids, targets, batch_size, buckets, shuffle, seed=0, transform=None
+    inputs, targets, batch_size, buckets, shuffle, seed=0, transform=None
 ):
-    """A `keras.utils.PyDataset` of `(ids, targets)` batches, each padded
+    """A `keras.utils.PyDataset` of `(inputs, targets)` batches, each padded
     only to the smallest bucket that holds its longest row.
 
-    Rows are grouped by bucket, so XLA compiles one program per bucket (and
+    `inputs` is an int array of token ids `(n, L)` (0 = padding), or a dict
+    of arrays with the ids under `"token_ids"`; every array with a second
+    axis (inputs and targets) is cut along it to the batch's bucket. Rows
+    are grouped by bucket, so XLA compiles one program per bucket (and
     batch size) instead of one per batch, and short texts cost little.
-    `transform(batch_ids, rng)`, if given, rewrites each batch's ids (data
-    augmentation); it must keep the batch's shape.
+    `transform(batch_inputs, rng)`, if given, rewrites each batch's inputs
+    (data augmentation); it must keep their shapes.
     """
     import keras
     import numpy as np
 
+    ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
     lengths = (ids != 0).sum(axis=1)
     bucket_of = np.searchsorted(np.asarray(buckets), lengths)
 
@@ -160,10 +176,10 @@ def make_batches(
 
         def __getitem__(self, index):
             bucket, rows = self.batches[index]
-            batch = ids[rows, : buckets[bucket]]
+            batch = _take_all(inputs, rows, buckets[bucket])
             if transform is not None:
-                batch = transform(batch.copy(), self.rng)
-            return batch, targets[rows]
+                batch = transform(batch, self.rng)
+            return batch, _take_all(targets, rows, buckets[bucket])
 
         def on_epoch_end(self):
             if shuffle:

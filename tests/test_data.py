@@ -359,6 +359,21 @@ def test_read_conll_blank_lines_and_no_final_blank(tmp_path):
     assert data.read_conll(str(path)) == data.read_conll(lines)
 
 
+def test_read_conll_groups_documents():
+    lines = ["A x B-LOC", "", "-DOCSTART- O", "", "-DOCSTART- O", "B O", "",
+             "C I-PER", "-DOCSTART- O", "D O"]  # fmt: skip
+    assert data.read_conll(lines, documents=True) == [
+        [(["A"], ["B-LOC"])],
+        [(["B"], ["O"]), (["C"], ["B-PER"])],
+        [(["D"], ["O"])],
+    ]
+    # No -DOCSTART- at all: the whole file is one document.
+    assert data.read_conll(["A O", "", "B O"], documents=True) == [
+        [(["A"], ["O"]), (["B"], ["O"])]
+    ]
+    assert data.read_conll([], documents=True) == []
+
+
 def test_read_conll_converts_iob1_to_iob2():
     lines = [
         "Peter I-PER",
@@ -413,6 +428,8 @@ def test_read_conll_dir(tmp_path):
         2,
         1,
     ]
+    documents = data.read_conll_dir(tmp_path, documents=True)
+    assert [sum(map(len, documents[k])) for k in ("train", "test")] == [2, 1]
     with pytest.raises(ValueError, match="directory not found"):
         data.read_conll_dir(tmp_path / "absent")
 

@@ -45,6 +45,34 @@ def test_batches_cover_every_row_once_at_the_smallest_bucket():
     assert first_order != [batches[i][1][0] for i in range(len(batches))]
 
 
+def test_batches_of_named_inputs_cut_every_sequence_array():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 40, size=50)
+    ids = (np.arange(40) < lengths[:, None]).astype("int32")
+    inputs = {"token_ids": ids, "chars": np.repeat(ids[..., None], 3, -1)}
+    labels = np.where(ids > 0, np.arange(50)[:, None], -100)
+
+    def double_chars(batch, rng):
+        batch["chars"] = batch["chars"] * 2
+        return batch
+
+    batches = common.make_batches(
+        inputs, labels, 8, (16, 40), shuffle=True, transform=double_chars
+    )
+    rows = []
+    for i in range(len(batches)):
+        batch, batch_labels = batches[i]
+        width = batch["token_ids"].shape[1]
+        assert batch["chars"].shape[:2] == batch_labels.shape
+        assert batch_labels.shape[1] == width
+        np.testing.assert_array_equal(
+            batch["chars"][..., 0], 2 * batch["token_ids"]
+        )
+        rows.extend(batch_labels[:, 0].tolist())
+    assert sorted(rows) == list(range(50))
+    assert not inputs["chars"].max() > 1  # the transform saw a copy
+
+
 def test_short_crops_keep_a_contiguous_window():
     cls_id, sep_id = 2, 3
     batch = np.zeros((50, 64), "int32")

@@ -388,6 +388,19 @@ def test_encode_words_and_align_labels():
     ]
 
 
+def test_first_token_positions_and_token_counts():
+    tok = fixed_tokenizer()
+    enc = text.encode_words(tok, [WORDS, ["a"]], max_length=8)
+    positions = text.first_token_positions(enc.word_ids, [6, 1])
+    # "unbelievable" -> 3 pieces; words 4 and 5 were cut off at 8 tokens.
+    assert positions[0].tolist() == [1, 2, 3, 6, -1, -1]
+    assert positions[1].tolist() == [1]
+    counts = text.count_word_tokens(tok, [WORDS, ["a"], []])
+    assert counts.tolist() == [11, 1, 0]
+    with pytest.raises(ValueError, match="one entry per row"):
+        text.first_token_positions(enc.word_ids, [6])
+
+
 def test_align_labels_custom_ignore_index_and_errors():
     aligned = text.align_labels([-1, 0, 0, 1], [4, 5], ignore_index=-1)
     assert aligned.tolist() == [-1, 4, -1, 5]

@@ -1,0 +1,717 @@
+"""Train a CoNLL-2003 named-entity tagger from keras-selfattn layers.
+
+    python recipes/ner.py                          # full run (CPU)
+    python recipes/ner.py --smoke                  # whole path, tiny slice
+    python recipes/ner.py --data my_conll/         # train/valid/test.txt
+    python recipes/ner.py predict --model-dir runs/ner \\
+        "Angela Merkel visited Paris."
+    echo "EU rejects German call" | python recipes/ner.py predict
+
+Data: CoNLL-2003 English (14,041 / 3,250 / 3,453 sentences; PER, LOC,
+ORG, MISC in IOB2). Only the words are used (no POS or chunk columns), so
+the model tags raw text too. Words go through a cased WordPiece tokenizer
+trained on the training split (`is_pretokenized=True`); the first
+sub-token of each word carries its tag, the others are ignored.
+
+Model: token + position embeddings, plus two features of the word each
+token belongs to: its shape (case, digits, punctuation; first word of the
+sentence or not) and a character CNN over its UTF-8 bytes. They are
+projected to the model width and go through Transformer encoder blocks to
+a softmax over tags. Decoding keeps the most probable tag sequence that
+is valid IOB2 (Viterbi; `I-X` only after `B-X` or `I-X`).
+
+Scores are CoNLL entity-level precision/recall/F1 (exact span and type),
+micro-averaged, with per-type figures. Everything lands in
+`--output-dir`: model.keras, tokenizer.json, labels.json, metrics.json,
+learning_curves.png, history.csv and train.log.
+"""
+
+import argparse
+import collections
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: I001  (sets KERAS_BACKEND before keras is imported)
+
+BACKEND_NOTE = common.choose_backend()
+
+import keras
+import numpy as np
+
+import data
+import keras_selfattn as ksa
+import tagging
+from keras_selfattn import text
+
+DEFAULTS = {
+    "epochs": 12,
+    "batch_size": 32,
+    "max_length": 192,
+    "vocab_size": 12000,
+}
+SMOKE_DEFAULTS = {
+    "epochs": 1,
+    "batch_size": 16,
+    "max_length": 64,
+    "vocab_size": 800,
+}
+SMOKE_SENTENCES = (400, 100, 100)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+
+    pred = sub.add_parser("predict", help="tag raw texts with a model")
+    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
+    pred.add_argument("--model-dir", default="runs/ner")
+
+    parser.add_argument("--output-dir", default="runs/ner")
+    parser.add_argument(
+        "--data", help="directory with your own train/valid/test.txt"
+    )
+    # Defaults of these four depend on --smoke (see SMOKE_DEFAULTS).
+    parser.add_argument("--epochs", type=int, help="default 12")
+    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--max-length", type=int, help="default 192")
+    parser.add_argument("--vocab-size", type=int, help="default 12000")
+    parser.add_argument("--embedding-dim", type=int, default=256)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--intermediate-dim", type=int, default=512)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--word-dropout",
+        type=float,
+        default=0.1,
+        help="fraction of training tokens replaced by [UNK]",
+    )
+    parser.add_argument(
+        "--features",
+        default="shape,chars",
+        help="word features besides the tokens: shape, chars, both or none",
+    )
+    parser.add_argument(
+        "--lowercase",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="lowercase the tokens (case stays in the shape feature)",
+    )
+    parser.add_argument(
+        "--local-context",
+        type=int,
+        default=0,
+        help="width of a convolution over neighbouring tokens before the "
+        "encoder (0: none)",
+    )
+    parser.add_argument(
+        "--context",
+        choices=("document", "sentence"),
+        default="document",
+        help="what a model row holds: consecutive sentences of a document "
+        "up to --max-length tokens, or one sentence",
+    )
+    parser.add_argument(
+        "--upper-case",
+        type=float,
+        default=0.0,
+        help="fraction of training sentences added again in CAPITALS",
+    )
+    parser.add_argument("--char-dim", type=int, default=32)
+    parser.add_argument("--char-filters", type=int, default=128)
+    parser.add_argument("--max-word-bytes", type=int, default=20)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="whole path on a tiny slice, in well under a minute",
+    )
+    args = parser.parse_args(argv)
+    defaults = SMOKE_DEFAULTS if args.smoke else DEFAULTS
+    for name, value in defaults.items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    if args.command != "predict":
+        args.features = parse_features(args.features)
+    return args
+
+
+def parse_features(value):
+    names = [] if value in ("", "none") else value.split(",")
+    unknown = sorted(set(names) - {"shape", "chars"})
+    if unknown:
+        raise SystemExit(
+            f"--features takes 'shape', 'chars', 'shape,chars' or 'none'. "
+            f"Received: {value!r}"
+        )
+    return sorted(set(names))
+
+
+# ---------------------------------------------------------------- data
+
+
+def load_splits(args):
+    """`{"train", "validation", "test"}` -> list of documents, each a list
+    of `(words, tags)`."""
+    if args.data:
+        splits = data.read_conll_dir(args.data, documents=True)
+    else:
+        splits = data.load_conll2003(documents=True)
+    if args.smoke:
+        splits = {
+            name: _first_sentences(documents, n)
+            for (name, documents), n in zip(splits.items(), SMOKE_SENTENCES)
+        }
+    return splits
+
+
+def upper_case_copies(documents, fraction, seed):
+    """Augmentation: a new document of UPPER-CASED copies of `fraction` of
+    the sentences, so the tagger also reads headlines and tables written
+    in capitals, where case tells nothing. Tags are unchanged."""
+    rng = np.random.default_rng(seed)
+    sentences = [s for document in documents for s in document]
+    chosen = np.flatnonzero(rng.random(len(sentences)) < fraction)
+    copies = [
+        ([w.upper() for w in sentences[i][0]], sentences[i][1]) for i in chosen
+    ]
+    return documents + [copies] if copies else documents
+
+
+def _first_sentences(documents, count):
+    out = []
+    for document in documents:
+        if count <= 0:
+            break
+        out.append(document[:count])
+        count -= len(out[-1])
+    return out
+
+
+Prepared = collections.namedtuple(
+    "Prepared", ["sentences", "chunks", "inputs", "word_ids"]
+)
+Prepared.__doc__ = """One split ready for the model: `sentences` (words,
+tags), `chunks` (per model row, the indices of its sentences), `inputs`
+(see `model_inputs`) and `word_ids` of the rows."""
+
+
+def prepare(tokenizer, documents, settings):
+    """Pack a split's sentences into rows and encode them: one sentence per
+    row, or with `settings.context == "document"` as many consecutive
+    sentences of a document as fit in `settings.max_length` tokens."""
+    sentences = [s for document in documents for s in document]
+    words = [w for w, _ in sentences]
+    if settings.context == "document":
+        document_ids = [d for d, doc in enumerate(documents) for _ in doc]
+        special = tokenizer.post_processor.num_special_tokens_to_add(False)
+        budget = settings.max_length - special
+        chunks = tagging.pack_sentences(
+            text.count_word_tokens(tokenizer, words), document_ids, budget
+        )
+    else:
+        chunks = [[i] for i in range(len(sentences))]
+    rows = [[w for i in chunk for w in words[i]] for chunk in chunks]
+    encoding = text.encode_words(
+        tokenizer, rows, max_length=settings.max_length
+    )
+    starts = [
+        np.cumsum([0] + [len(words[i]) for i in chunk[:-1]]) for chunk in chunks
+    ]
+    inputs = model_inputs(encoding, rows, starts, settings)
+    return Prepared(sentences, chunks, inputs, encoding.word_ids)
+
+
+def model_inputs(encoding, rows, sentence_starts, settings):
+    """The arrays the model reads: "token_ids", and "word_shapes" and
+    "word_chars" when those features are on."""
+    shapes, chars = tagging.token_word_features(
+        encoding.word_ids, rows, settings.max_word_bytes, sentence_starts
+    )
+    inputs = {"token_ids": encoding.ids}
+    if "shape" in settings.features:
+        inputs["word_shapes"] = shapes
+    if "chars" in settings.features:
+        inputs["word_chars"] = chars
+    return inputs
+
+
+def words_cut_off(prepared):
+    """Number of words that lost all their tokens to `max_length`."""
+    positions = text.first_token_positions(
+        prepared.word_ids,
+        [
+            sum(len(prepared.sentences[i][0]) for i in c)
+            for c in prepared.chunks
+        ],
+    )
+    return int(sum((p < 0).sum() for p in positions))
+
+
+def row_labels(prepared, tag_ids):
+    """Tag ids on each row's tokens (first sub-token of each word)."""
+    return text.align_labels(
+        prepared.word_ids,
+        [
+            [tag_ids[t] for i in chunk for t in prepared.sentences[i][1]]
+            for chunk in prepared.chunks
+        ],
+    )
+
+
+def word_dropout(rate, unk_id):
+    """Augmentation: replace `rate` of the word tokens by `[UNK]`, so the
+    tagger also learns to read unseen words from their shape and
+    characters."""
+
+    def transform(batch, rng):
+        ids = batch["token_ids"]
+        words = ids >= len(text.SPECIAL_TOKENS)  # special ids come first
+        drop = (rng.random(ids.shape) < rate) & words
+        ids[drop] = unk_id
+        return batch
+
+    return transform
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(args, vocab_size, num_tags):
+    """Embeddings + word features -> encoder blocks -> tag softmax."""
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    inputs = {"token_ids": token_ids}
+    padding_mask = keras.ops.not_equal(token_ids, 0)
+    parts = [
+        ksa.TokenAndPositionEmbedding(
+            vocab_size,
+            args.max_length,
+            args.embedding_dim,
+            name="token_embedding",
+        )(token_ids)
+    ]
+    if "shape" in args.features:
+        word_shapes = keras.Input((None,), dtype="int32", name="word_shapes")
+        inputs["word_shapes"] = word_shapes
+        parts.append(
+            keras.layers.Embedding(
+                tagging.NUM_SHAPE_IDS, 16, name="shape_embedding"
+            )(word_shapes)
+        )
+    if "chars" in args.features:
+        word_chars = keras.Input(
+            (None, args.max_word_bytes), dtype="int32", name="word_chars"
+        )
+        inputs["word_chars"] = word_chars
+        chars = keras.layers.Embedding(
+            tagging.NUM_CHAR_IDS, args.char_dim, name="char_embedding"
+        )(word_chars)
+        chars = keras.layers.Conv2D(
+            args.char_filters,
+            (1, 3),
+            padding="same",
+            activation="relu",
+            name="char_conv",
+        )(chars)
+        chars = keras.layers.MaxPooling2D(
+            (1, args.max_word_bytes), name="char_pool"
+        )(chars)
+        parts.append(
+            keras.layers.Reshape((-1, args.char_filters), name="char_features")(
+                chars
+            )
+        )
+    x = parts[0]
+    if len(parts) > 1:
+        x = keras.layers.Concatenate(name="features")(parts)
+        x = keras.layers.Dense(args.embedding_dim, name="feature_projection")(x)
+    if args.local_context:
+        x = keras.layers.Conv1D(
+            args.embedding_dim,
+            args.local_context,
+            padding="same",
+            activation="gelu",
+            name="local_context",
+        )(x)
+    x = keras.layers.LayerNormalization(name="embedding_norm")(x)
+    x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
+    for i in range(args.num_layers):
+        x = ksa.TransformerEncoder(
+            args.num_heads,
+            args.intermediate_dim,
+            dropout=args.dropout,
+            activation="gelu",
+            name=f"encoder_{i}",
+        )(x, padding_mask=padding_mask)
+    probabilities = keras.layers.Dense(
+        num_tags, activation="softmax", dtype="float32", name="tags"
+    )(x)
+    return keras.Model(inputs, probabilities, name="ner_tagger")
+
+
+def compile_model(model, args, steps):
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(steps - steps // 10, 1),
+        warmup_target=args.learning_rate,
+        warmup_steps=steps // 10,
+    )
+    model.compile(
+        optimizer=keras.optimizers.AdamW(
+            schedule, weight_decay=args.weight_decay
+        ),
+        loss=keras.losses.SparseCategoricalCrossentropy(
+            ignore_class=text.IGNORE_INDEX
+        ),
+        jit_compile=keras.backend.backend() != "torch",
+    )
+
+
+# ---------------------------------------------------------------- decode
+
+
+def predict_probabilities(model, inputs, batch_size, buckets):
+    """Tag probabilities `(n, L, tags)` for the rows of `inputs`, run in
+    length-sorted batches padded to buckets (zeros beyond each bucket)."""
+    ids = inputs["token_ids"]
+    lengths = (ids != 0).sum(axis=1)
+    order = np.argsort(lengths, kind="stable")
+    out = None
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        bucket = int(np.searchsorted(buckets, lengths[rows].max()))
+        width = buckets[min(bucket, len(buckets) - 1)]
+        batch = {name: a[rows, :width] for name, a in inputs.items()}
+        probabilities = keras.ops.convert_to_numpy(
+            model.predict_on_batch(batch)
+        )
+        if out is None:
+            out = np.zeros((*ids.shape, probabilities.shape[-1]), np.float32)
+        out[rows, :width] = probabilities
+    return out
+
+
+def decode_tags(
+    probabilities, word_ids, chunks, sentence_lengths, tag_names, viterbi=True
+):
+    """Per-sentence tag names from the rows' token probabilities.
+
+    Each word reads its first sub-token; each sentence of a row is decoded
+    on its own, by Viterbi (the best valid IOB2 sequence) or by argmax.
+    Words truncated away are tagged "O".
+    """
+    outside = tag_names.index("O")
+    allowed, allowed_start = tagging.allowed_transitions(tag_names)
+    positions = text.first_token_positions(
+        word_ids, [sum(sentence_lengths[i] for i in c) for c in chunks]
+    )
+    tags = [None] * len(sentence_lengths)
+    for row, where, chunk in zip(probabilities, positions, chunks):
+        word_probs = np.full((len(where), len(tag_names)), 1e-12)
+        word_probs[where < 0, outside] = 1.0
+        word_probs[where >= 0] = row[where[where >= 0]]
+        log_probs = np.log(np.maximum(word_probs, 1e-12))
+        start = 0
+        for i in chunk:
+            part = log_probs[start : start + sentence_lengths[i]]
+            start += sentence_lengths[i]
+            if viterbi:
+                best = tagging.viterbi_decode(part, allowed, allowed_start)
+            else:
+                best = part.argmax(axis=-1)
+            tags[i] = [tag_names[j] for j in best]
+    return tags
+
+
+def tag_prepared(model, prepared, tag_names, batch_size, buckets, viterbi=True):
+    """Predicted tags of every sentence of a prepared split."""
+    probabilities = predict_probabilities(
+        model, prepared.inputs, batch_size, buckets
+    )
+    return decode_tags(
+        probabilities,
+        prepared.word_ids,
+        prepared.chunks,
+        [len(words) for words, _ in prepared.sentences],
+        tag_names,
+        viterbi,
+    )
+
+
+class EntityF1(keras.callbacks.Callback):
+    """Adds `val_f1` (entity micro-F1 on the validation split, Viterbi
+    decoding) to the logs at the end of every epoch."""
+
+    def __init__(self, prepared, tag_names, batch_size, buckets):
+        super().__init__()
+        self.prepared, self.tag_names = prepared, tag_names
+        self.batch_size, self.buckets = batch_size, buckets
+
+    def on_epoch_end(self, epoch, logs=None):
+        predicted = tag_prepared(
+            self.model,
+            self.prepared,
+            self.tag_names,
+            self.batch_size,
+            self.buckets,
+        )
+        scores = tagging.entity_scores(
+            [tags for _, tags in self.prepared.sentences], predicted
+        )
+        logs["val_f1"] = scores["f1"]
+        print(f"epoch {epoch + 1}: validation entity F1 {scores['f1']:.4f}")
+
+
+# ---------------------------------------------------------------- train
+
+
+def evaluate(model, prepared, tag_names, batch_size, buckets):
+    """Entity scores of one split, with Viterbi and with argmax decoding."""
+    true = [tags for _, tags in prepared.sentences]
+    return {
+        decoding: tagging.entity_scores(
+            true,
+            tag_prepared(
+                model,
+                prepared,
+                tag_names,
+                batch_size,
+                buckets,
+                viterbi=decoding == "viterbi",
+            ),
+        )
+        for decoding in ("viterbi", "argmax")
+    }
+
+
+def train(args):
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    keras.utils.set_random_seed(args.seed)
+    timer = common.Timer()
+    print(BACKEND_NOTE)
+    print(f"settings: {vars(args)}")
+
+    with timer("data"):
+        documents = load_splits(args)
+        train_sentences = [s for doc in documents["train"] for s in doc]
+        tag_names = data.conll_tag_names(train_sentences)
+        tag_ids = {tag: i for i, tag in enumerate(tag_names)}
+        print(
+            "documents / sentences: "
+            + ", ".join(
+                f"{name} {len(docs)} / {sum(map(len, docs))}"
+                for name, docs in documents.items()
+            )
+            + f"; tags: {tag_names}"
+        )
+
+    with timer("tokenize"):
+        tokenizer = text.train_tokenizer(
+            [" ".join(words) for words, _ in train_sentences],
+            vocab_size=args.vocab_size,
+            lowercase=args.lowercase,
+        )
+        text.save_tokenizer(tokenizer, out / "tokenizer.json")
+        if args.upper_case > 0:
+            documents["train"] = upper_case_copies(
+                documents["train"], args.upper_case, args.seed
+            )
+        splits = {
+            name: prepare(tokenizer, docs, args)
+            for name, docs in documents.items()
+        }
+        lengths = (splits["train"].inputs["token_ids"] != 0).sum(1)
+        truncated = {
+            name: words_cut_off(split) for name, split in splits.items()
+        }
+        print(
+            f"vocabulary {tokenizer.get_vocab_size()}; {args.context} rows: "
+            f"{len(splits['train'].chunks)} in train, tokens per row: median "
+            f"{int(np.median(lengths))}, max {lengths.max()}; words cut off by "
+            f"the {args.max_length}-token limit: {truncated}"
+        )
+
+    buckets = common.bucket_lengths(args.max_length, smallest=16)
+    augment = None
+    if args.word_dropout > 0:
+        augment = word_dropout(
+            args.word_dropout, tokenizer.token_to_id(text.UNK_TOKEN)
+        )
+    train_batches = common.make_batches(
+        splits["train"].inputs,
+        row_labels(splits["train"], tag_ids),
+        args.batch_size,
+        buckets,
+        shuffle=True,
+        seed=args.seed,
+        transform=augment,
+    )
+
+    model = build_model(args, tokenizer.get_vocab_size(), len(tag_names))
+    compile_model(model, args, steps=len(train_batches) * args.epochs)
+    model.summary(print_fn=lambda line, **_: print(line))
+    callbacks = [
+        EntityF1(splits["validation"], tag_names, 4 * args.batch_size, buckets),
+        keras.callbacks.EarlyStopping(
+            monitor="val_f1",
+            mode="max",
+            patience=args.patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+    ]
+    with timer("train"):
+        history = model.fit(
+            train_batches,
+            epochs=args.epochs,
+            callbacks=callbacks,
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+    common.plot_learning_curves(
+        {"loss": history.history["loss"], "val_f1": history.history["val_f1"]},
+        out / "learning_curves.png",
+        ["loss", "f1"],
+    )
+
+    with timer("evaluate"):
+        scores = {
+            name: evaluate(
+                model, splits[name], tag_names, 4 * args.batch_size, buckets
+            )
+            for name in ("validation", "test")
+        }
+        for name, by_decoding in scores.items():
+            for decoding, s in by_decoding.items():
+                print(
+                    f"{name} ({decoding}): entity F1 {s['f1']:.4f}, "
+                    f"precision {s['precision']:.4f}, recall "
+                    f"{s['recall']:.4f}; per type: "
+                    + ", ".join(
+                        f"{k} {v['f1']:.4f}" for k, v in s["per_type"].items()
+                    )
+                )
+
+    with timer("save and reload"):
+        path = out / "model.keras"
+        common.save_model_atomic(model, path)
+        common.write_json_atomic(tag_names, out / "labels.json")
+        sample = {n: a[:64] for n, a in splits["test"].inputs.items()}
+        check_reload(model, path, sample)
+
+    test = scores["test"]["viterbi"]
+    metrics = {
+        "test_f1": test["f1"],
+        "test_precision": test["precision"],
+        "test_recall": test["recall"],
+        "test_per_type": test["per_type"],
+        "valid_f1": scores["validation"]["viterbi"]["f1"],
+        "valid_per_type": scores["validation"]["viterbi"]["per_type"],
+        "argmax_decoding": {
+            "test_f1": scores["test"]["argmax"]["f1"],
+            "valid_f1": scores["validation"]["argmax"]["f1"],
+        },
+        "train_seconds": timer.seconds["train"],
+        "phase_seconds": timer.seconds,
+        "epochs_run": len(history.history["loss"]),
+        "val_f1_per_epoch": history.history["val_f1"],
+        "backend": keras.backend.backend(),
+        "sentences": {n: len(s.sentences) for n, s in splits.items()},
+        "rows": {n: len(s.chunks) for n, s in splits.items()},
+        "words_cut_off": truncated,
+        "dataset": str(args.data) if args.data else "CoNLL-2003 English",
+        "settings": vars(args),
+        "tag_names": tag_names,
+    }
+    common.write_json_atomic(metrics, out / "metrics.json")
+    print(
+        f"test entity F1 {test['f1']:.4f} (precision {test['precision']:.4f},"
+        f" recall {test['recall']:.4f}); wrote {out}/: model.keras "
+        "tokenizer.json labels.json metrics.json learning_curves.png"
+    )
+    return metrics
+
+
+def check_reload(model, path, inputs):
+    """The saved file loads (no custom_objects) and predicts the same."""
+    loaded = keras.saving.load_model(path)
+    diff = np.abs(
+        model.predict(inputs, verbose=0) - loaded.predict(inputs, verbose=0)
+    )
+    print(f"reloaded {path}: max |difference| {diff.max():.1e}")
+    if diff.max() > 1e-5:
+        raise RuntimeError(f"Reloaded model predicts differently: {diff.max()}")
+
+
+# ---------------------------------------------------------------- predict
+
+
+def tag_texts(model, tokenizer, tag_names, settings, texts):
+    """Entities of raw texts: per text, a list of `(type, start, end)`
+    character offsets (end exclusive), from the tokenizer's word spans.
+    Each text is one row (its own context)."""
+    encoding = text.encode_text_words(
+        tokenizer, texts, max_length=settings.max_length
+    )
+    rows = [
+        [t[a:b] for a, b in spans]
+        for t, spans in zip(texts, encoding.word_spans)
+    ]
+    inputs = model_inputs(encoding, rows, None, settings)
+    buckets = common.bucket_lengths(settings.max_length, smallest=16)
+    tags = decode_tags(
+        predict_probabilities(model, inputs, 64, buckets),
+        encoding.word_ids,
+        [[i] for i in range(len(rows))],
+        [len(words) for words in rows],
+        tag_names,
+    )
+    return [
+        [
+            (kind, spans[start][0], spans[end - 1][1])
+            for kind, start, end in tagging.entity_spans(sentence_tags)
+        ]
+        for sentence_tags, spans in zip(tags, encoding.word_spans)
+    ]
+
+
+def predict(args):
+    model_dir = Path(args.model_dir)
+    model = keras.saving.load_model(model_dir / "model.keras")
+    tokenizer = text.load_tokenizer(model_dir / "tokenizer.json")
+    tag_names = json.loads((model_dir / "labels.json").read_text())
+    saved = json.loads((model_dir / "metrics.json").read_text())
+    settings = argparse.Namespace(**saved["settings"])
+    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SystemExit("No texts given (arguments or stdin lines).")
+    for raw, entities in zip(
+        texts, tag_texts(model, tokenizer, tag_names, settings, texts)
+    ):
+        print(raw)
+        for kind, start, end in entities:
+            print(f"\t{kind}\t{start}\t{end}\t{raw[start:end]}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.command == "predict":
+        predict(args)
+        return
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with common.Tee(out / "train.log"):
+        train(args)
+
+
+if __name__ == "__main__":
+    main()

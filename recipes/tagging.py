@@ -1,0 +1,248 @@
+"""IOB2 tag sequences: entity spans, CoNLL entity scores, valid-transition
+decoding and word features for the NER recipe. Pure Python and NumPy.
+
+    >>> entity_spans(["B-PER", "I-PER", "O", "I-LOC"])
+    [('PER', 0, 2), ('LOC', 3, 4)]
+    >>> entity_scores([["B-PER", "O"]], [["B-PER", "B-LOC"]])["f1"]
+    0.6666666666666666
+"""
+
+import numpy as np
+
+from data import split_tag
+
+
+# --------------------------------------------------------------- scoring
+
+
+def entity_spans(tags):
+    """Entities of one sentence as `(type, start, end)`, end exclusive.
+
+    The CoNLL (conlleval/seqeval default) reading: an entity starts at
+    `B-X`, or at `I-X` that follows `O` or another type, and runs over the
+    `I-X` that follow it.
+    """
+    spans = []
+    start = kind = None
+    for i, tag in enumerate([*tags, "O"]):
+        prefix, tag_kind = split_tag(tag)
+        if start is not None and (prefix != "I" or tag_kind != kind):
+            spans.append((kind, start, i))
+            start = None
+        if prefix == "B" or (prefix == "I" and start is None):
+            start, kind = i, tag_kind
+    return spans
+
+
+def _prf(correct, predicted, true):
+    precision = correct / predicted if predicted else 0.0
+    recall = correct / true if true else 0.0
+    total = precision + recall
+    f1 = 2 * precision * recall / total if total else 0.0
+    return precision, recall, f1
+
+
+def entity_scores(true_tags, predicted_tags):
+    """CoNLL entity-level precision, recall and F1 (exact span and type),
+    micro-averaged over all entities, plus the same per entity type.
+
+    Args:
+        true_tags, predicted_tags: per sentence, a list of IOB tags; the
+            two must have the same sentences and lengths.
+
+    Returns:
+        `{"precision", "recall", "f1", "support", "per_type": {type:
+        {"precision", "recall", "f1", "support"}}}`; support counts true
+        entities.
+    """
+    if len(true_tags) != len(predicted_tags):
+        raise ValueError(
+            "`true_tags` and `predicted_tags` must have the same number of "
+            f"sentences. Received: {len(true_tags)} and "
+            f"{len(predicted_tags)}"
+        )
+    true, predicted = set(), set()
+    for i, (t, p) in enumerate(zip(true_tags, predicted_tags)):
+        if len(t) != len(p):
+            raise ValueError(
+                f"Sentence {i} has {len(t)} true tags but {len(p)} "
+                "predicted tags."
+            )
+        true.update((i, *span) for span in entity_spans(t))
+        predicted.update((i, *span) for span in entity_spans(p))
+    correct = true & predicted
+
+    def scores(keep):
+        counts = [sum(map(keep, s)) for s in (correct, predicted, true)]
+        precision, recall, f1 = _prf(*counts)
+        return {
+            "precision": precision,
+            "recall": recall,
+            "f1": f1,
+            "support": counts[2],
+        }
+
+    kinds = sorted({entity[1] for entity in true | predicted})
+    result = scores(lambda entity: True)
+    result["per_type"] = {
+        kind: scores(lambda entity, kind=kind: entity[1] == kind)
+        for kind in kinds
+    }
+    return result
+
+
+# -------------------------------------------------------------- decoding
+
+
+def allowed_transitions(tag_names):
+    """Boolean `(C, C)` matrix `allowed[previous, next]` and `(C,)` vector
+    `allowed_start` of valid IOB2 moves: `I-X` only after `B-X` or `I-X`."""
+    parts = [split_tag(tag) for tag in tag_names]
+    allowed_start = np.array([prefix != "I" for prefix, _ in parts])
+    allowed = np.ones((len(parts), len(parts)), dtype=bool)
+    for j, (prefix, kind) in enumerate(parts):
+        if prefix == "I":
+            allowed[:, j] = [k == kind for _, k in parts]
+    return allowed, allowed_start
+
+
+def viterbi_decode(log_probs, allowed, allowed_start):
+    """Most probable tag sequence that only uses allowed transitions.
+
+    Args:
+        log_probs: `(n, C)` per-position log-probabilities.
+        allowed, allowed_start: from `allowed_transitions`.
+
+    Returns:
+        int array `(n,)` of tag ids.
+    """
+    log_probs = np.asarray(log_probs, dtype=np.float64)
+    n = len(log_probs)
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    forbidden = np.where(allowed, 0.0, -np.inf)
+    score = log_probs[0] + np.where(allowed_start, 0.0, -np.inf)
+    back = np.zeros(log_probs.shape, dtype=np.int64)
+    for t in range(1, n):
+        candidates = score[:, None] + forbidden  # previous x next
+        back[t] = candidates.argmax(axis=0)
+        score = candidates.max(axis=0) + log_probs[t]
+    path = np.empty(n, dtype=np.int64)
+    path[-1] = score.argmax()
+    for t in range(n - 1, 0, -1):
+        path[t - 1] = back[t, path[t]]
+    return path
+
+
+def pack_sentences(token_counts, document_ids, budget):
+    """Group consecutive sentences of one document into chunks of at most
+    `budget` tokens, so the tagger reads each sentence in its context. A
+    sentence longer than `budget` gets a chunk of its own.
+
+    Returns:
+        list of chunks, each a list of sentence indices, in order.
+
+    >>> pack_sentences([3, 4, 2, 5, 1], [0, 0, 0, 1, 1], budget=7)
+    [[0, 1], [2], [3, 4]]
+    """
+    chunks, current, used = [], [], 0
+    for i, (count, document) in enumerate(zip(token_counts, document_ids)):
+        if current and (
+            document != document_ids[current[-1]] or used + count > budget
+        ):
+            chunks.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += count
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+# -------------------------------------------------------- word features
+
+# Word shape classes; ids start at 1 (0 is padding), and each class has a
+# second id for the first word of a sentence, where a capital means less.
+SHAPES = (
+    "lower",
+    "title",
+    "upper",
+    "mixed",
+    "number",
+    "alphanumeric",
+    "punctuation",
+    "other",
+)
+NUM_SHAPE_IDS = 1 + 2 * len(SHAPES)
+# Characters are UTF-8 bytes + 1 (0 is padding): no vocabulary to store.
+NUM_CHAR_IDS = 257
+
+
+def word_shape(word):
+    """The word's shape class, one of `SHAPES`.
+
+    >>> [word_shape(w) for w in ["the", "Paris", "EU", "McDonald", "1996",
+    ...                          "F-16", ".", "über"]]
+    ['lower', 'title', 'upper', 'mixed', 'number', 'alphanumeric', \
+'punctuation', 'lower']
+    """
+    letters = [c for c in word if c.isalpha()]
+    digits = any(c.isdigit() for c in word)
+    if letters and digits:
+        return "alphanumeric"
+    if digits:
+        return "number"
+    if not letters:
+        return "punctuation" if all(not c.isalnum() for c in word) else "other"
+    if all(c.islower() for c in letters):
+        return "lower"
+    if all(c.isupper() for c in letters):
+        return "title" if len(letters) == 1 else "upper"
+    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
+        return "title"
+    return "mixed"
+
+
+def shape_id(word, first_in_sentence):
+    return 1 + 2 * SHAPES.index(word_shape(word)) + int(first_in_sentence)
+
+
+def char_ids(word, max_chars):
+    """UTF-8 bytes + 1 of the word, its head and tail kept if too long,
+    zero-padded to `max_chars`."""
+    data = word.encode("utf-8")
+    if len(data) > max_chars:
+        head = max_chars // 2
+        data = data[:head] + data[len(data) - (max_chars - head) :]
+    ids = np.zeros(max_chars, dtype=np.int32)
+    ids[: len(data)] = np.frombuffer(data, dtype=np.uint8).astype(np.int32) + 1
+    return ids
+
+
+def token_word_features(word_ids, rows, max_chars, sentence_starts=None):
+    """Per-token shape ids `(n, L)` and character ids `(n, L, max_chars)`
+    of the word each token belongs to (zeros where there is no word).
+
+    Args:
+        word_ids: int `(n, L)`, -1 where a token has no word.
+        rows: per row, its list of words.
+        max_chars: bytes kept per word (see `char_ids`).
+        sentence_starts: per row, the indices of the words that begin a
+            sentence (default: only word 0), for rows that hold several.
+    """
+    word_ids = np.asarray(word_ids)
+    shapes = np.zeros(word_ids.shape, dtype=np.int32)
+    chars = np.zeros((*word_ids.shape, max_chars), dtype=np.int32)
+    for row, words in enumerate(rows):
+        positions = np.flatnonzero(word_ids[row] >= 0)
+        if not len(positions):
+            continue
+        starts = {0} if sentence_starts is None else set(sentence_starts[row])
+        word_shapes = np.array(
+            [shape_id(w, i in starts) for i, w in enumerate(words)], np.int32
+        )
+        word_chars = np.stack([char_ids(w, max_chars) for w in words])
+        owners = word_ids[row, positions]
+        shapes[row, positions] = word_shapes[owners]
+        chars[row, positions] = word_chars[owners]
+    return shapes, chars

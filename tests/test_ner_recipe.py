@@ -1,0 +1,169 @@
+"""The NER recipe end to end (--smoke), and its model across backends.
+
+Runs on small CoNLL files written here (`--data`), so it needs no
+download; the CoNLL-2003 loader itself is tested in test_data.py.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "ner.py"
+FIRST = ["Anna", "Peter", "Maria", "John", "Ingrid", "Ahmed", "Lena"]
+LAST = ["Schmidt", "Smith", "Rossi", "Okafor", "Berg", "Nowak"]
+PLACES = ["Berlin", "Paris", "Lagos", "Oslo", "Lima", "Quito"]
+COMPANIES = ["Siemens", "Reuters", "Fiat", "Nokia", "Airbus"]
+EVENTS = ["Olympic", "German", "French"]
+TEMPLATES = [
+    "{PER} visited {LOC} on Monday .",
+    "{ORG} said {PER} will lead the {MISC} team .",
+    "Shares in {ORG} fell in {LOC} .",
+    "the match ended late .",
+]
+
+
+def make_sentence(rng):
+    words, tags = [], []
+    for piece in str(rng.choice(TEMPLATES)).split():
+        if not piece.startswith("{"):
+            words.append(piece)
+            tags.append("O")
+            continue
+        kind = piece[1:-1]
+        names = {
+            "PER": [str(rng.choice(FIRST)), str(rng.choice(LAST))],
+            "LOC": [str(rng.choice(PLACES))],
+            "ORG": [str(rng.choice(COMPANIES))],
+            "MISC": [str(rng.choice(EVENTS))],
+        }[kind]
+        words += names
+        tags += [f"B-{kind}"] + [f"I-{kind}"] * (len(names) - 1)
+    return words, tags
+
+
+def write_conll(directory, seed=0):
+    rng = np.random.default_rng(seed)
+    for name, n in (("train.txt", 400), ("valid.txt", 60), ("test.txt", 60)):
+        lines = ["-DOCSTART- -X- -X- O", ""]
+        for _ in range(n):
+            words, tags = make_sentence(rng)
+            lines += [f"{w} NN I-NP {t}" for w, t in zip(words, tags)] + [""]
+        (directory / name).write_text("\n".join(lines), encoding="utf-8")
+
+
+def run(args, backend=BACKEND, stdin=None):
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, str(RECIPE), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def parse_entities(stdout):
+    """`predict` output -> per text, a list of (type, start, end, text)."""
+    out = []
+    for line in stdout.splitlines():
+        if not line.startswith("\t"):
+            out.append([])
+            continue
+        kind, start, end, surface = line[1:].split("\t")
+        out[-1].append((kind, int(start), int(end), surface))
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ner")
+    write_conll(tmp)
+    out = tmp / "run"
+    stdout = run(
+        [
+            "--smoke",
+            "--data",
+            str(tmp),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "8",
+            "--learning-rate",
+            "3e-3",
+            "--embedding-dim",
+            "32",
+            "--intermediate-dim",
+            "64",
+            "--num-heads",
+            "2",
+            "--char-filters",
+            "16",
+            "--word-dropout",
+            "0.05",
+        ]
+    )
+    return out, stdout
+
+
+def test_smoke_run_writes_everything(trained):
+    out, stdout = trained
+    for name in (
+        "model.keras",
+        "tokenizer.json",
+        "labels.json",
+        "metrics.json",
+        "learning_curves.png",
+        "history.csv",
+        "train.log",
+    ):
+        assert (out / name).stat().st_size > 0, name
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backend"] == BACKEND
+    assert json.loads((out / "labels.json").read_text()) == [
+        "O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
+        "B-PER", "I-PER",
+    ]  # fmt: skip
+    for key in ("test_precision", "test_recall", "valid_f1", "train_seconds"):
+        assert 0 <= metrics[key], key
+    assert set(metrics["test_per_type"]) == {"LOC", "MISC", "ORG", "PER"}
+    assert len(metrics["val_f1_per_epoch"]) == metrics["epochs_run"]
+    assert "reloaded" in stdout and "max |difference| 0.0e+00" in stdout
+    # Capitals and context decide the entities: a smoke run learns them.
+    assert metrics["test_f1"] >= 0.9, metrics["test_f1"]
+
+
+def test_predict_prints_entities_with_character_offsets(trained):
+    out, _ = trained
+    texts = ["Maria  Nowak visited Oslo on Monday.", "Shares in Fiat fell."]
+    entities = parse_entities(run(["predict", "--model-dir", str(out), *texts]))
+    assert entities == [
+        [("PER", 0, 12, "Maria  Nowak"), ("LOC", 21, 25, "Oslo")],
+        [("ORG", 10, 14, "Fiat")],
+    ]
+    for raw, found in zip(texts, entities):
+        assert all(raw[a:b] == surface for _, a, b, surface in found)
+    from_stdin = parse_entities(
+        run(["predict", "--model-dir", str(out)], stdin="\n".join(texts))
+    )
+    assert from_stdin == entities
+
+
+@pytest.mark.parametrize(
+    "other", [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
+)
+def test_saved_model_tags_the_same_under_other_backends(trained, other):
+    out, _ = trained
+    texts = ["John Smith said Reuters fell in Lima .", "the match ended ."]
+    here = run(["predict", "--model-dir", str(out), *texts])
+    there = run(["predict", "--model-dir", str(out), *texts], backend=other)
+    assert there == here and parse_entities(here)[0]
