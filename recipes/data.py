@@ -709,9 +709,10 @@ def load_conll2003(cache_dir=None, downloader=None, documents=False):
 
 
 def conll_tag_names(sentences):
-    """Sorted tag vocabulary with `"O"` first (id 0), then by entity type
-    and B before I: `["O", "B-LOC", "I-LOC", "B-MISC", ...]`."""
-    tags = {tag for _, sentence_tags in sentences for tag in sentence_tags}
-    tags.discard("O")
-    ordered = sorted(tags, key=lambda t: (t[2:], t[0]))
-    return ["O", *ordered]
+    """Tag vocabulary: `"O"` first (id 0), then `B-` and `I-` of every
+    entity type found, sorted by type: `["O", "B-LOC", "I-LOC", ...]`.
+    `I-X` is listed even where no entity of type X has two words."""
+    kinds = {split_tag(tag)[1] for _, tags in sentences for tag in tags} - {
+        None
+    }
+    return ["O", *(f"{p}-{kind}" for kind in sorted(kinds) for p in "BI")]

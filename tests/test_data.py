@@ -451,10 +451,13 @@ def test_load_conll2003_from_fake_wheel(cache, tmp_path, monkeypatch):
         2,
     ]
     assert parts["validation"] == [(["A"], ["B-LOC"])]
+    # I- of every type, even of those with only one-word entities.
     assert data.conll_tag_names(parts["train"]) == [
         "O",
         "B-MISC",
+        "I-MISC",
         "B-ORG",
+        "I-ORG",
         "B-PER",
         "I-PER",
     ]
