@@ -100,6 +100,21 @@ def save_model_atomic(model, path):
     _atomic(path, model.save)
 
 
+def check_reload(model, path, inputs, tolerance=1e-5):
+    """Load the saved `.keras` file (no custom_objects) and check that it
+    predicts what `model` does on `inputs`; prints the difference."""
+    import keras
+    import numpy as np
+
+    loaded = keras.saving.load_model(path)
+    diff = np.abs(
+        model.predict(inputs, verbose=0) - loaded.predict(inputs, verbose=0)
+    ).max()
+    print(f"reloaded {path}: max |difference| {diff:.1e}")
+    if diff > tolerance:
+        raise RuntimeError(f"Reloaded model predicts differently: {diff}")
+
+
 def write_json_atomic(data, path):
     def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
@@ -107,6 +122,20 @@ def write_json_atomic(data, path):
             f.write("\n")
 
     _atomic(path, write)
+
+
+def warmup_cosine(learning_rate, steps):
+    """Learning rate rising linearly over the first 10% of `steps` to
+    `learning_rate`, then decaying to 0 along a cosine."""
+    import keras
+
+    warmup = steps // 10
+    return keras.optimizers.schedules.CosineDecay(
+        0.0,
+        decay_steps=max(steps - warmup, 1),
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
 
 
 def bucket_lengths(max_length, smallest=32):

@@ -299,24 +299,7 @@ def build_model(args, vocab_size, num_tags):
             (None, args.max_word_bytes), dtype="int32", name="word_chars"
         )
         inputs["word_chars"] = word_chars
-        chars = keras.layers.Embedding(
-            tagging.NUM_CHAR_IDS, args.char_dim, name="char_embedding"
-        )(word_chars)
-        chars = keras.layers.Conv2D(
-            args.char_filters,
-            (1, 3),
-            padding="same",
-            activation="relu",
-            name="char_conv",
-        )(chars)
-        chars = keras.layers.MaxPooling2D(
-            (1, args.max_word_bytes), name="char_pool"
-        )(chars)
-        parts.append(
-            keras.layers.Reshape((-1, args.char_filters), name="char_features")(
-                chars
-            )
-        )
+        parts.append(char_features(word_chars, args))
     x = parts[0]
     if len(parts) > 1:
         x = keras.layers.Concatenate(name="features")(parts)
@@ -345,13 +328,29 @@ def build_model(args, vocab_size, num_tags):
     return keras.Model(inputs, probabilities, name="ner_tagger")
 
 
-def compile_model(model, args, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(steps - steps // 10, 1),
-        warmup_target=args.learning_rate,
-        warmup_steps=steps // 10,
+def char_features(word_chars, args):
+    """`(B, L, bytes)` byte ids -> `(B, L, char_filters)`: a width-3 CNN
+    over each token's word, max-pooled over the bytes."""
+    chars = keras.layers.Embedding(
+        tagging.NUM_CHAR_IDS, args.char_dim, name="char_embedding"
+    )(word_chars)
+    chars = keras.layers.Conv2D(
+        args.char_filters,
+        (1, 3),
+        padding="same",
+        activation="relu",
+        name="char_conv",
+    )(chars)
+    chars = keras.layers.MaxPooling2D(
+        (1, args.max_word_bytes), name="char_pool"
+    )(chars)
+    return keras.layers.Reshape((-1, args.char_filters), name="char_features")(
+        chars
     )
+
+
+def compile_model(model, args, steps):
+    schedule = common.warmup_cosine(args.learning_rate, steps)
     model.compile(
         optimizer=keras.optimizers.AdamW(
             schedule, weight_decay=args.weight_decay
@@ -587,7 +586,7 @@ def train(args):
         common.save_model_atomic(model, path)
         common.write_json_atomic(tag_names, out / "labels.json")
         sample = {n: a[:64] for n, a in splits["test"].inputs.items()}
-        check_reload(model, path, sample)
+        common.check_reload(model, path, sample)
 
     test = scores["test"]["viterbi"]
     metrics = {
@@ -620,17 +619,6 @@ def train(args):
         "tokenizer.json labels.json metrics.json learning_curves.png"
     )
     return metrics
-
-
-def check_reload(model, path, inputs):
-    """The saved file loads (no custom_objects) and predicts the same."""
-    loaded = keras.saving.load_model(path)
-    diff = np.abs(
-        model.predict(inputs, verbose=0) - loaded.predict(inputs, verbose=0)
-    )
-    print(f"reloaded {path}: max |difference| {diff.max():.1e}")
-    if diff.max() > 1e-5:
-        raise RuntimeError(f"Reloaded model predicts differently: {diff.max()}")
 
 
 # ---------------------------------------------------------------- predict

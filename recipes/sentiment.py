@@ -221,12 +221,7 @@ def build_model(args, vocab_size):
 
 
 def compile_model(model, args, steps):
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0,
-        decay_steps=max(steps - steps // 10, 1),
-        warmup_target=args.learning_rate,
-        warmup_steps=steps // 10,
-    )
+    schedule = common.warmup_cosine(args.learning_rate, steps)
     model.compile(
         optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
         loss="binary_crossentropy",
@@ -327,7 +322,7 @@ def train(args):
     with timer("save and reload"):
         path = out / "model.keras"
         common.save_model_atomic(model, path)
-        check_reload(model, path, encoded["test"][0][:64])
+        common.check_reload(model, path, encoded["test"][0][:64])
 
     metrics = {
         "test_accuracy": float(test_accuracy),
@@ -357,17 +352,6 @@ def predict_probabilities(model, tokenizer, texts, args):
     ids = encode(tokenizer, texts, args)
     width = max(int((ids != 0).sum(1).max()), 1)
     return model.predict(ids[:, :width], verbose=0)[:, 0]
-
-
-def check_reload(model, path, ids):
-    """The saved file loads (no custom_objects) and predicts the same."""
-    loaded = keras.saving.load_model(path)
-    diff = np.abs(
-        model.predict(ids, verbose=0) - loaded.predict(ids, verbose=0)
-    )
-    print(f"reloaded {path}: max |difference| {diff.max():.1e}")
-    if diff.max() > 1e-5:
-        raise RuntimeError(f"Reloaded model predicts differently: {diff.max()}")
 
 
 # ---------------------------------------------------------------- predict

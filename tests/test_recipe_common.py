@@ -114,3 +114,13 @@ def test_save_model_atomic_writes_a_loadable_model(tmp_path):
     np.testing.assert_array_equal(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0)
     )
+
+
+def test_warmup_cosine_rises_then_decays_to_zero():
+    schedule = common.warmup_cosine(1e-3, steps=100)
+    rates = [float(keras.ops.convert_to_numpy(schedule(s))) for s in range(101)]
+    assert rates[0] == 0.0
+    np.testing.assert_allclose(rates[5], 5e-4, rtol=1e-5)
+    np.testing.assert_allclose(max(rates), 1e-3, rtol=1e-5)
+    assert int(np.argmax(rates)) == 10
+    assert rates[100] < 1e-9 and all(np.diff(rates[10:]) <= 0)
