@@ -13,12 +13,12 @@ the model tags raw text too. Words go through a lowercased WordPiece
 tokenizer trained on the training split (`is_pretokenized=True`); the
 first sub-token of each word carries its tag, the others are ignored.
 
-Model: token + position embeddings, plus two features of the word each
-token belongs to: its shape (case, digits, punctuation; first word of the
-sentence or not) and a character CNN over its UTF-8 bytes, so case and
-spelling survive the lowercasing. They are projected to the model width,
-mixed with the neighbouring tokens by a width-3 convolution and go through
-Transformer encoder blocks to a softmax over tags. Training replaces a
+Model: token + position embeddings, plus a character CNN over the UTF-8
+bytes of the word each token belongs to, so case and spelling survive the
+lowercasing (`--features shape,chars` adds a word-shape class; it measured
+no gain). They are projected to the model width, mixed with the
+neighbouring tokens by a width-3 convolution and go through Transformer
+encoder blocks to a softmax over tags. Training replaces a
 quarter of the tokens by [UNK] (`--word-dropout`). Decoding keeps the most
 probable tag sequence that is valid IOB2 (Viterbi; `I-X` only after `B-X`
 or `I-X`). `--context document` packs consecutive sentences of a document
@@ -98,8 +98,9 @@ def parse_args(argv=None):
     )
     parser.add_argument(
         "--features",
-        default="shape,chars",
-        help="word features besides the tokens: shape, chars, both or none",
+        default="chars",
+        help="features of each token's word besides the token: chars (a "
+        "character CNN), shape (case/digit class), both or none",
     )
     parser.add_argument(
         "--lowercase",
