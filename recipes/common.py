@@ -1,9 +1,10 @@
 """Pieces the recipes share: backend choice, logging, bucketed batches,
-atomic writes, learning-curve plots.
+atomic writes, learning-curve plots, the command line's two modes.
 
 Import this module before `keras` (it may set `KERAS_BACKEND`).
 """
 
+import argparse
 import json
 import os
 import sys
@@ -252,3 +253,37 @@ def plot_learning_curves(history, path, metrics):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def run_recipe(args, train, predict):
+    """The `predict` subcommand, or a training run whose output is also
+    written to `<output_dir>/train.log`."""
+    if args.command == "predict":
+        predict(args)
+        return
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with Tee(out / "train.log"):
+        train(args)
+
+
+def load_run(model_dir):
+    """A trained run: `(model, tokenizer, metrics, settings)`, with the
+    run's settings (from metrics.json) as an `argparse.Namespace`."""
+    import keras
+
+    from keras_selfattn import text
+
+    model_dir = Path(model_dir)
+    model = keras.saving.load_model(model_dir / "model.keras")
+    tokenizer = text.load_tokenizer(model_dir / "tokenizer.json")
+    metrics = json.loads((model_dir / "metrics.json").read_text())
+    return model, tokenizer, metrics, argparse.Namespace(**metrics["settings"])
+
+
+def input_texts(texts):
+    """`texts` if any were given, else the non-empty lines of stdin."""
+    texts = texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SystemExit("No texts given (arguments or stdin lines).")
+    return texts

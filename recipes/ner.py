@@ -656,14 +656,9 @@ def tag_texts(model, tokenizer, tag_names, settings, texts):
 
 def predict(args):
     model_dir = Path(args.model_dir)
-    model = keras.saving.load_model(model_dir / "model.keras")
-    tokenizer = text.load_tokenizer(model_dir / "tokenizer.json")
+    model, tokenizer, _, settings = common.load_run(model_dir)
     tag_names = json.loads((model_dir / "labels.json").read_text())
-    saved = json.loads((model_dir / "metrics.json").read_text())
-    settings = argparse.Namespace(**saved["settings"])
-    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
-    if not texts:
-        raise SystemExit("No texts given (arguments or stdin lines).")
+    texts = common.input_texts(args.texts)
     for raw, entities in zip(
         texts, tag_texts(model, tokenizer, tag_names, settings, texts)
     ):
@@ -673,14 +668,7 @@ def predict(args):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.command == "predict":
-        predict(args)
-        return
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with common.Tee(out / "train.log"):
-        train(args)
+    common.run_recipe(parse_args(argv), train, predict)
 
 
 if __name__ == "__main__":

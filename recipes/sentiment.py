@@ -20,7 +20,6 @@ metrics.json, learning_curves.png and train.log.
 """
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -359,14 +358,9 @@ def predict_probabilities(model, tokenizer, texts, args):
 
 def predict(args):
     model_dir = Path(args.model_dir)
-    model = keras.saving.load_model(model_dir / "model.keras")
-    tokenizer = text.load_tokenizer(model_dir / "tokenizer.json")
-    saved = json.loads((model_dir / "metrics.json").read_text())
-    settings = argparse.Namespace(**saved["settings"])
+    model, tokenizer, saved, settings = common.load_run(model_dir)
     label_names = saved["label_names"]
-    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
-    if not texts:
-        raise SystemExit("No texts given (arguments or stdin lines).")
+    texts = common.input_texts(args.texts)
     probabilities = predict_probabilities(model, tokenizer, texts, settings)
     for i, (review, p) in enumerate(zip(texts, probabilities)):
         label = label_names[int(p > 0.5)]
@@ -421,14 +415,7 @@ def explain(model, tokenizer, review, settings, path):
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    if args.command == "predict":
-        predict(args)
-        return
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with common.Tee(out / "train.log"):
-        train(args)
+    common.run_recipe(parse_args(argv), train, predict)
 
 
 if __name__ == "__main__":
