@@ -255,6 +255,37 @@ def plot_learning_curves(history, path, metrics):
     plt.close(fig)
 
 
+def recipe_parser(description, run_dir, predict_help):
+    """The recipes' shared command line: training options `--output-dir`,
+    `--seed`, `--smoke`, and a `predict` subcommand with `texts` and
+    `--model-dir`. Returns `(parser, predict_parser)` to add to."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+    pred = sub.add_parser("predict", help=predict_help)
+    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
+    pred.add_argument("--model-dir", default=run_dir)
+    parser.add_argument("--output-dir", default=run_dir)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="whole path on a tiny slice, in well under a minute",
+    )
+    return parser, pred
+
+
+def parse_recipe_args(parser, argv, defaults, smoke_defaults):
+    """Parse; options left unset (None) take their value from `defaults`,
+    or from `smoke_defaults` under `--smoke`."""
+    args = parser.parse_args(argv)
+    for name, value in (smoke_defaults if args.smoke else defaults).items():
+        if getattr(args, name, None) is None:
+            setattr(args, name, value)
+    return args
+
+
 def run_recipe(args, train, predict):
     """The `predict` subcommand, or a training run whose output is also
     written to `<output_dir>/train.log`."""

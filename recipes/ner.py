@@ -67,16 +67,9 @@ SMOKE_SENTENCES = (400, 100, 100)
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    parser, _ = common.recipe_parser(
+        __doc__, "runs/ner", "tag raw texts with a model"
     )
-    sub = parser.add_subparsers(dest="command")
-
-    pred = sub.add_parser("predict", help="tag raw texts with a model")
-    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
-    pred.add_argument("--model-dir", default="runs/ner")
-
-    parser.add_argument("--output-dir", default="runs/ner")
     parser.add_argument(
         "--data", help="directory with your own train/valid/test.txt"
     )
@@ -128,17 +121,7 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--patience", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="whole path on a tiny slice, in well under a minute",
-    )
-    args = parser.parse_args(argv)
-    defaults = SMOKE_DEFAULTS if args.smoke else DEFAULTS
-    for name, value in defaults.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    args = common.parse_recipe_args(parser, argv, DEFAULTS, SMOKE_DEFAULTS)
     if args.command != "predict":
         args.features = parse_features(args.features)
     return args

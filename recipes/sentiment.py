@@ -19,7 +19,6 @@ little. Everything lands in `--output-dir`: model.keras, tokenizer.json,
 metrics.json, learning_curves.png and train.log.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -80,21 +79,15 @@ SMOKE_DEFAULTS = {
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    parser, pred = common.recipe_parser(
+        __doc__, "runs/sentiment", "label texts with a trained model"
     )
-    sub = parser.add_subparsers(dest="command")
-
-    pred = sub.add_parser("predict", help="label texts with a trained model")
-    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
-    pred.add_argument("--model-dir", default="runs/sentiment")
     pred.add_argument(
         "--explain",
         action="store_true",
         help="also write a PNG heat map of attention per text",
     )
 
-    parser.add_argument("--output-dir", default="runs/sentiment")
     parser.add_argument("--data", help="your own CSV instead of IMDB")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
@@ -115,19 +108,8 @@ def parse_args(argv=None):
         default=0.1,
         help="fraction of training reviews replaced by short random windows",
     )
-    parser.add_argument("--seed", type=int, default=1337)
-    parser.add_argument(
-        "--smoke",
-        action="store_true",
-        help="whole path on a tiny slice, in well under a minute",
-    )
     parser.add_argument("--tensorboard", action="store_true")
-    args = parser.parse_args(argv)
-    defaults = SMOKE_DEFAULTS if args.smoke else DEFAULTS
-    for name, value in defaults.items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
-    return args
+    return common.parse_recipe_args(parser, argv, DEFAULTS, SMOKE_DEFAULTS)
 
 
 # ---------------------------------------------------------------- data

@@ -1,5 +1,9 @@
 """Shared test helpers: the NumPy oracle and per-backend gradient / jit."""
 
+import os
+import subprocess
+import sys
+
 import keras
 import numpy as np
 import pytest
@@ -88,3 +92,19 @@ def jit(fn):
     import torch
 
     return torch.compile(fn)
+
+
+def run_script(script, args, backend=BACKEND, stdin=None):
+    """Run a recipe script in a fresh process under `backend`; asserts it
+    succeeds and returns its stdout."""
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout

@@ -6,14 +6,11 @@ IMDB loader itself is tested in test_data.py.
 
 import csv
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sentiment.py"
@@ -37,17 +34,7 @@ def write_reviews(path, n=600, seed=0):
 
 
 def run(args, backend=BACKEND, stdin=None):
-    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
-    result = subprocess.run(
-        [sys.executable, str(RECIPE), *args],
-        env=env,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result.stdout
+    return run_script(RECIPE, args, backend, stdin)
 
 
 def parse_predictions(stdout):
