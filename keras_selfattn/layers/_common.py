@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-from keras_selfattn.ops.attention import check_dtype, check_mask, merge_masks
+from keras_selfattn._validation import check_choice
+from keras_selfattn.ops.attention import (
+    IMPLEMENTATIONS,
+    check_dtype,
+    check_mask,
+    merge_masks,
+)
 
 
 def clone_initializer(initializer):
@@ -21,6 +27,34 @@ def initializers_config(layer):
             layer.bias_initializer
         ),
     }
+
+
+def check_implementation(implementation, attention_dropout):
+    """Return `implementation` if it is known and can apply the dropout."""
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if attention_dropout > 0.0 and implementation in ("fused", "blockwise"):
+        raise ValueError(
+            "Dropout on the attention probabilities needs "
+            "implementation='einsum' or 'auto'. Received: "
+            f"implementation={implementation!r} with attention dropout "
+            f"{attention_dropout}"
+        )
+    return implementation
+
+
+def zero_masked_rows(tensor, query_mask, query_axis):
+    """Zero the query rows (along `query_axis`) where `query_mask` is False.
+
+    `query_mask` is `(B, T)` or None; `tensor` has batch on axis 0 and the
+    queries on `query_axis`.
+    """
+    if query_mask is None:
+        return tensor
+    mask = ops.cast(query_mask, "bool")
+    for axis in range(1, len(tensor.shape)):
+        if axis != query_axis:
+            mask = ops.expand_dims(mask, axis)
+    return ops.where(mask, tensor, ops.zeros_like(tensor))
 
 
 def self_attention_mask(inputs, padding_mask, attention_mask, implicit_mask):

@@ -5,9 +5,13 @@ from keras import ops
 
 from keras_selfattn._validation import check_positive_int, check_rate
 from keras_selfattn.layers._common import initializers_config
-from keras_selfattn.layers._common import check_width, clone_initializer
+from keras_selfattn.layers._common import (
+    check_implementation,
+    check_width,
+    clone_initializer,
+    zero_masked_rows,
+)
 from keras_selfattn.ops.attention import (
-    causal_mask,
     check_float_input,
     check_mask,
     merge_masks,
@@ -36,6 +40,9 @@ class MultiHeadAttention(keras.layers.Layer):
             `num_heads`. Defaults to `num_heads`.
         dropout: dropout rate on the attention probabilities, in [0, 1).
         use_bias: whether the projections have biases.
+        implementation: `"auto"`, `"einsum"`, `"fused"` or `"blockwise"`,
+            the attention kernel (see `keras_selfattn.ops`); dropout > 0
+            needs `"einsum"` or `"auto"`.
         kernel_initializer, bias_initializer, kernel_regularizer,
         bias_regularizer, kernel_constraint, bias_constraint: for the four
             projections.
@@ -90,6 +97,7 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_constraint=None,
         bias_constraint=None,
         seed=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -120,6 +128,7 @@ class MultiHeadAttention(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.implementation = check_implementation(implementation, self.dropout)
         self.supports_masking = True
 
     @property
@@ -224,14 +233,10 @@ class MultiHeadAttention(keras.layers.Layer):
                     f"key.shape={tuple(key.shape)}, "
                     f"value.shape={tuple(value.shape)}"
                 )
-        attention_mask = self._merged_mask(
-            query,
-            value,
-            query_mask,
-            value_mask,
-            key_mask,
-            attention_mask,
-            use_causal_mask,
+        if query_mask is not None:
+            check_mask("query_mask", query_mask, query.shape[:2])
+        attention_mask = self._key_mask(
+            query, value, value_mask, key_mask, attention_mask
         )
         if attention_mask is not None:
             attention_mask = ops.expand_dims(attention_mask, 1)
@@ -240,33 +245,32 @@ class MultiHeadAttention(keras.layers.Layer):
             self.key_dense(key),
             self.value_dense(value),
             mask=attention_mask,
+            is_causal=use_causal_mask,
             scale=1.0 / float(self.key_dim) ** 0.5,
             dropout_rate=self.dropout if training else 0.0,
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,
+            implementation=self.implementation,
         )
+        # Padded queries attend to nothing: their rows are zeros.
         if return_attention_scores:
             output, scores = result
+            output = zero_masked_rows(output, query_mask, query_axis=1)
+            scores = zero_masked_rows(scores, query_mask, query_axis=2)
             return self.output_dense(output), scores
-        return self.output_dense(result)
+        return self.output_dense(
+            zero_masked_rows(result, query_mask, query_axis=1)
+        )
 
-    def _merged_mask(
-        self,
-        query,
-        value,
-        query_mask,
-        value_mask,
-        key_mask,
-        attention_mask,
-        use_causal_mask,
-    ):
-        """One `(B, T, S)` (or broadcastable) boolean mask, or None."""
+    def _key_mask(self, query, value, value_mask, key_mask, attention_mask):
+        """The `(B, T or 1, S)` boolean mask of allowed keys, or None.
+
+        Query padding is applied to the output rows instead, so a padding
+        mask stays `(B, 1, S)` and never grows to `(B, T, S)`.
+        """
         batch, query_length = query.shape[0], query.shape[1]
         value_length = value.shape[1]
         parts = []
-        if query_mask is not None:
-            check_mask("query_mask", query_mask, (batch, query_length))
-            parts.append(ops.expand_dims(query_mask, -1))
         for name, tensor in (
             ("value_mask", value_mask),
             ("key_mask", key_mask),
@@ -281,9 +285,6 @@ class MultiHeadAttention(keras.layers.Layer):
                 (batch, query_length, value_length),
             )
             parts.append(attention_mask)
-        if use_causal_mask:
-            causal = causal_mask(ops.shape(query)[1], ops.shape(value)[1])
-            parts.append(ops.expand_dims(causal, 0))
         return merge_masks(*parts)
 
     def compute_mask(self, inputs, previous_mask=None):
@@ -341,6 +342,7 @@ class MultiHeadAttention(keras.layers.Layer):
                     self.bias_constraint
                 ),
                 "seed": self.seed,
+                "implementation": self.implementation,
             }
         )
         return config

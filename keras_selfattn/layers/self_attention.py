@@ -6,6 +6,7 @@ from keras import ops
 from keras_selfattn._validation import check_positive_int, check_rate
 from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
+    check_implementation,
     check_width,
     clone_initializer,
     self_attention_mask,
@@ -33,6 +34,7 @@ class SelfAttention(keras.layers.Layer):
         dropout: dropout rate on the attention probabilities, in [0, 1).
         kernel_initializer, bias_initializer: for the projections.
         seed: seed for the dropout.
+        implementation: the attention kernel, as in `MultiHeadAttention`.
 
     Call arguments:
         inputs: `(B, L, d)` float tensor.
@@ -70,6 +72,7 @@ class SelfAttention(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -87,6 +90,7 @@ class SelfAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.implementation = check_implementation(implementation, self.dropout)
         self.supports_masking = True
 
     def build(self, inputs_shape):
@@ -144,6 +148,7 @@ class SelfAttention(keras.layers.Layer):
             dropout_rate=self.dropout if training else 0.0,
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,
+            implementation=self.implementation,
         )
         if return_attention_scores:
             output, scores = result
@@ -182,6 +187,7 @@ class SelfAttention(keras.layers.Layer):
                 "dropout": self.dropout,
                 **initializers_config(self),
                 "seed": self.seed,
+                "implementation": self.implementation,
             }
         )
         return config

@@ -9,6 +9,7 @@ from keras_selfattn._validation import (
 )
 from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
+    check_implementation,
     check_width,
     clone_initializer,
     self_attention_mask,
@@ -30,8 +31,11 @@ class TransformerEncoder(keras.layers.Layer):
     Args:
         num_heads: attention heads; must divide the input width.
         intermediate_dim: hidden size of the feed-forward network.
-        dropout: dropout rate in [0, 1) for attention probabilities and both
-            residual branches.
+        dropout: dropout rate in [0, 1) for both residual branches, and for
+            the attention probabilities unless `attention_dropout` is given.
+        attention_dropout: dropout rate on the attention probabilities;
+            defaults to `dropout` (keras-hub's behaviour). 0 lets the fused
+            and blockwise kernels run in training too.
         activation: feed-forward activation (name or callable).
         norm_first: pre-LN if True, post-LN if False.
         layer_norm_epsilon: epsilon of both LayerNorms.
@@ -39,6 +43,7 @@ class TransformerEncoder(keras.layers.Layer):
             `MultiHeadAttention`); defaults to `num_heads`.
         kernel_initializer, bias_initializer: for every dense sublayer.
         seed: seed for the dropouts.
+        implementation: the attention kernel, as in `MultiHeadAttention`.
 
     Call arguments:
         inputs: `(B, L, width)` float tensor.
@@ -77,6 +82,8 @@ class TransformerEncoder(keras.layers.Layer):
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         seed=None,
+        attention_dropout=None,
+        implementation="auto",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -85,6 +92,14 @@ class TransformerEncoder(keras.layers.Layer):
             "intermediate_dim", intermediate_dim
         )
         self.dropout = check_rate("dropout", dropout)
+        self.attention_dropout = (
+            None
+            if attention_dropout is None
+            else check_rate("attention_dropout", attention_dropout)
+        )
+        self.implementation = check_implementation(
+            implementation, self._attention_dropout_rate
+        )
         self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = check_positive_float(
@@ -97,6 +112,12 @@ class TransformerEncoder(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
         self.supports_masking = True
+
+    @property
+    def _attention_dropout_rate(self):
+        if self.attention_dropout is None:
+            return self.dropout
+        return self.attention_dropout
 
     def _dense(self, units, name, activation=None):
         return keras.layers.Dense(
@@ -135,10 +156,11 @@ class TransformerEncoder(keras.layers.Layer):
             num_heads=self.num_heads,
             key_dim=width // self.num_heads,
             num_key_value_heads=self.num_key_value_heads,
-            dropout=self.dropout,
+            dropout=self._attention_dropout_rate,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             seed=self.seed,
+            implementation=self.implementation,
             dtype=self.dtype_policy,
             name="self_attention",
         )
@@ -238,6 +260,8 @@ class TransformerEncoder(keras.layers.Layer):
                 "num_key_value_heads": self.num_key_value_heads,
                 **initializers_config(self),
                 "seed": self.seed,
+                "attention_dropout": self.attention_dropout,
+                "implementation": self.implementation,
             }
         )
         return config

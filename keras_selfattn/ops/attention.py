@@ -12,18 +12,37 @@ Semantics kept on every backend, eager and compiled:
   to the value's dtype;
 - grouped-query attention when `Hkv` divides `H` (query heads
   `g * (H // Hkv) ... (g + 1) * (H // Hkv) - 1` share key/value head `g`).
+
+Three implementations keep these semantics (`implementation=`):
+
+- `"einsum"`: materialises the `(B, H, T, S)` probabilities; the only one
+  that applies attention dropout or returns the probabilities;
+- `"fused"`: `keras.ops.dot_product_attention`, the backend's own kernel
+  (torch's fused CPU/GPU kernels, cuDNN flash attention on JAX GPUs);
+- `"blockwise"`: an online softmax over key blocks with a recomputing
+  custom gradient (`keras_selfattn.ops.blockwise`): O(T * block) memory in
+  the forward and the backward pass;
+
+and `"auto"` picks one by backend, device and key length (see
+`choose_implementation`).
 """
 
 import math
 
+import functools
+
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_rate
+from keras_selfattn._validation import check_choice, check_rate
+from keras_selfattn.ops.blockwise import MASKED_LOGIT, blockwise_attention
 
+IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
+# Keys per block of the blockwise path (measured: benchmarks/attention.py).
+BLOCK_SIZE = 256
+# "auto" on a CPU with JAX/TensorFlow: blockwise from this key length up.
+BLOCKWISE_MIN_LENGTH = 512
 _SOFTMAX_DTYPE = "float32"
-# Finite float32 minimum: masked logits never overflow the softmax dtype.
-_MASKED_LOGIT = float(-3.4028234663852886e38)
 
 
 def causal_mask(query_length, key_length=None):
@@ -95,6 +114,7 @@ def scaled_dot_product_attention(
     dropout_rate=0.0,
     seed=None,
     return_attention_scores=False,
+    implementation="auto",
 ):
     """softmax(Q K^T * scale) V with boolean masks, in float32 softmax.
 
@@ -110,6 +130,10 @@ def scaled_dot_product_attention(
         seed: a `keras.random.SeedGenerator` or int for the dropout.
         return_attention_scores: also return the probabilities
             `(B, H, T, S)` (before dropout).
+        implementation: `"auto"`, `"einsum"`, `"fused"` or `"blockwise"`
+            (see the module docstring). Honoured exactly: dropout and
+            returned probabilities need `"einsum"` (or `"auto"`, which then
+            picks it).
 
     Returns:
         `(B, T, H, Dv)`, and the probabilities if asked, in the value's dtype.
@@ -123,6 +147,11 @@ def scaled_dot_product_attention(
     >>> out = scaled_dot_product_attention(q, kv, kv, is_causal=True)
     >>> tuple(out.shape)
     (2, 3, 4, 8)
+    >>> long = scaled_dot_product_attention(
+    ...     q, kv, kv, implementation="blockwise"
+    ... )
+    >>> bool(np.allclose(long, scaled_dot_product_attention(q, kv, kv)))
+    True
     """
     _check_qkv(query, key, value)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
@@ -130,13 +159,175 @@ def scaled_dot_product_attention(
         _check_sdpa_mask(mask, query, key)
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
+    implementation = choose_implementation(
+        implementation,
+        key_length=key.shape[1],
+        needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
+    )
+    mask = merge_masks(mask)
+    if mask is not None and len(mask.shape) == 2:
+        mask = mask[None, None]
+    if implementation == "fused":
+        return _fused_attention(query, key, value, mask, is_causal, scale)
+    if implementation == "blockwise":
+        return _blockwise_attention(query, key, value, mask, is_causal, scale)
+    output, probs = _einsum_attention(
+        query, key, value, mask, is_causal, scale, dropout_rate, seed
+    )
+    if return_attention_scores:
+        return output, probs
+    return output
 
+
+def choose_implementation(implementation, key_length, needs_probabilities):
+    """The attention implementation to run: `implementation` unless "auto".
+
+    "auto" picks, from `benchmarks/attention.py` measurements:
+    `"einsum"` when dropout or the probabilities are needed; otherwise
+    `"fused"` on torch (its fused kernel) and on JAX with a GPU/TPU (cuDNN
+    flash attention); otherwise (JAX/TensorFlow on CPU) `"blockwise"` from
+    `BLOCKWISE_MIN_LENGTH` keys up, or when the length is unknown, and
+    `"einsum"` below.
+
+    Example:
+
+    >>> choose_implementation("blockwise", 8, needs_probabilities=False)
+    'blockwise'
+    >>> choose_implementation("auto", 8, needs_probabilities=True)
+    'einsum'
+    """
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if implementation != "auto":
+        if needs_probabilities and implementation != "einsum":
+            raise ValueError(
+                "Attention dropout and returned attention scores need "
+                "implementation='einsum' (or 'auto'). Received: "
+                f"implementation={implementation!r}"
+            )
+        return implementation
+    if needs_probabilities:
+        return "einsum"
+    backend = keras.backend.backend()
+    if backend == "torch" or (backend == "jax" and _accelerator() != "cpu"):
+        return "fused"
+    if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
+        return "blockwise"
+    return "einsum"
+
+
+@functools.lru_cache(maxsize=None)
+def _accelerator():
+    """ "cpu", "gpu" or "tpu": the default device type of the backend."""
+    try:
+        device = keras.distribution.list_devices()[0]
+    except (AttributeError, RuntimeError, IndexError):
+        return "cpu"  # backends without keras.distribution devices
+    return device.split(":")[0].lower()
+
+
+def _fused_attention(query, key, value, mask, is_causal, scale):
+    """`keras.ops.dot_product_attention`, with empty rows set to zeros.
+
+    Not every backend's kernel takes grouped key/value heads or a value
+    size other than the key size, so key/value heads are repeated and the
+    head sizes zero-padded to one size (neither changes the result). The
+    kernels give a row whose keys are all masked the mean of the values;
+    `ops.where` replaces it with zeros, which also zeroes the gradient
+    flowing into that row.
+    """
+    if mask is not None and is_causal:
+        causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+        mask, is_causal = merge_masks(mask, causal), False
+    groups = query.shape[2] // key.shape[2]
+    if groups > 1:
+        key = ops.repeat(key, groups, axis=2)
+        value = ops.repeat(value, groups, axis=2)
+    key_size, value_size = query.shape[-1], value.shape[-1]
+    size = max(key_size, value_size)
+    query, key, value = (
+        _pad_last_axis(tensor, size) for tensor in (query, key, value)
+    )
+    output = ops.dot_product_attention(
+        query, key, value, mask=mask, scale=scale, is_causal=is_causal
+    )
+    output = output[..., :value_size]
+    if mask is None:
+        return output
+    row_has_key = ops.any(mask, axis=-1, keepdims=True)  # (B, H, T, 1)
+    return ops.where(ops.swapaxes(row_has_key, 1, 2), output, 0.0)
+
+
+def _pad_last_axis(tensor, size):
+    missing = size - tensor.shape[-1]
+    if missing == 0:
+        return tensor
+    return ops.pad(
+        tensor, ((0, 0),) * (len(tensor.shape) - 1) + ((0, missing),)
+    )
+
+
+def _blockwise_attention(query, key, value, mask, is_causal, scale):
+    """The blockwise path on `(B, T, H, D)` inputs (see `ops.blockwise`)."""
+    query_length, key_length = query.shape[1], key.shape[1]
+    if query_length is None:
+        query_length = ops.shape(query)[1]
+    dynamic = key_length is None
+    if dynamic:
+        key_length = ops.shape(key)[1]
+        if key_length is None:  # symbolic inputs: only the output spec
+            return _einsum_attention(query, key, value, mask, is_causal, scale)[
+                0
+            ]
+        block_size = BLOCK_SIZE
+    else:
+        block_size = min(BLOCK_SIZE, key_length)
+    padding = (-key_length) % block_size
+    groups = query.shape[2] // key.shape[2]
+    pads_keys = dynamic or padding > 0
+    query = ops.cast(query, _SOFTMAX_DTYPE) * ops.cast(scale, _SOFTMAX_DTYPE)
+    query = _heads_first(query, 1, 0)
+    key = _heads_first(key, groups, padding)
+    value = _heads_first(value, groups, padding)
+    if pads_keys and mask is not None and mask.shape[-1] != 1:
+        mask = ops.pad(mask, ((0, 0), (0, 0), (0, 0), (0, padding)))
+
+    def block_mask(start):
+        parts = [mask]
+        if mask is not None and mask.shape[-1] != 1:
+            shape = ops.shape(mask)[:3] + (block_size,)
+            parts = [ops.slice(mask, (0, 0, 0, start), shape)]
+        if is_causal or pads_keys:
+            columns = start + ops.arange(block_size, dtype="int32")
+        if is_causal:
+            rows = ops.arange(query_length, dtype="int32")[:, None]
+            parts.append(rows >= columns[None, :])
+        if pads_keys:
+            parts.append(columns < key_length)
+        return merge_masks(*parts)
+
+    output = blockwise_attention(query, key, value, block_mask, block_size)
+    return ops.cast(ops.swapaxes(output, 1, 2), value.dtype)
+
+
+def _heads_first(tensor, groups, padding):
+    """`(B, L, Hkv, D)` -> float32 `(B, Hkv * groups, L + padding, D)`."""
+    tensor = ops.cast(tensor, _SOFTMAX_DTYPE)
+    if groups > 1:
+        tensor = ops.repeat(tensor, groups, axis=2)
+    tensor = ops.swapaxes(tensor, 1, 2)
+    if isinstance(padding, int) and padding == 0:
+        return tensor
+    return ops.pad(tensor, ((0, 0), (0, 0), (0, padding), (0, 0)))
+
+
+def _einsum_attention(
+    query, key, value, mask, is_causal, scale, dropout_rate=0.0, seed=None
+):
+    """Output and probabilities `(B, H, T, S)`, both in the value's dtype."""
     if is_causal:
         mask = merge_masks(
             mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         )
-    else:
-        mask = merge_masks(mask)
     query = ops.multiply(query, ops.cast(scale, query.dtype))
     logits = _attention_logits(query, key)
     probs = _masked_softmax(logits, mask)
@@ -144,9 +335,7 @@ def scaled_dot_product_attention(
     if dropout_rate > 0.0:
         weights = keras.random.dropout(weights, dropout_rate, seed=seed)
     output = _attend(ops.cast(weights, value.dtype), value)
-    if return_attention_scores:
-        return output, ops.cast(probs, value.dtype)
-    return output
+    return output, ops.cast(probs, value.dtype)
 
 
 def _attention_logits(query, key):
@@ -175,7 +364,7 @@ def _masked_softmax(logits, mask):
         probs = ops.ones_like(logits)  # one key: softmax is constant 1
     else:
         if mask is not None:
-            logits = ops.where(mask, logits, _MASKED_LOGIT)
+            logits = ops.where(mask, logits, MASKED_LOGIT)
         probs = ops.softmax(logits, axis=-1)
     if mask is None:
         return probs

@@ -1,0 +1,169 @@
+"""Memory-efficient attention: an online softmax over blocks of keys.
+
+The forward pass walks over the keys one block at a time, keeping per query
+row the running maximum logit, the running softmax denominator and the
+running weighted sum of values (Milakov & Gimelshein 2018; Dao et al.,
+"FlashAttention", 2022). Only one `(B, H, T, block)` tile of logits exists
+at a time, so memory grows with `T * block`, not `T * S`.
+
+The backward pass is a custom gradient: it keeps the output and the
+log-sum-exp of every row from the forward pass and recomputes each tile of
+probabilities from them, so it too needs O(T * block) memory instead of the
+O(T * S) that automatic differentiation through the loop would store.
+
+All arithmetic here is float32, heads-first: query `(B, H, T, D)`, key
+`(B, H, S, D)`, value `(B, H, S, Dv)`, with `S` a multiple of the block size.
+"""
+
+from keras import ops
+
+# Finite float32 extremes: masked logits and empty rows never make inf - inf.
+MASKED_LOGIT = float(-3.4028234663852886e38)
+_EMPTY_ROW_LSE = float(3.4028234663852886e38)
+
+
+def blockwise_attention(query, key, value, block_mask, block_size):
+    """softmax(query key^T) value, one key block at a time.
+
+    Args:
+        query: `(B, H, T, D)` float32, already multiplied by the scale.
+        key: `(B, H, S, D)` float32, `S` a multiple of `block_size`.
+        value: `(B, H, S, Dv)` float32.
+        block_mask: `block_mask(start)` returns the boolean mask (True = may
+            attend) of keys `start .. start + block_size - 1`, broadcastable
+            to `(B, H, T, block_size)`, or None when nothing is masked.
+        block_size: keys per block (a Python int).
+
+    Returns:
+        `(B, H, T, Dv)` float32; rows with no allowed key are zeros.
+        Differentiable in query, key and value with O(T * block_size)
+        memory.
+    """
+
+    @ops.custom_gradient
+    def attend(query, key, value):
+        output, log_sum_exp = _forward(
+            query, key, value, block_mask, block_size
+        )
+
+        def grad(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            return _backward(
+                query,
+                key,
+                value,
+                output,
+                log_sum_exp,
+                upstream,
+                block_mask,
+                block_size,
+            )
+
+        return output, grad
+
+    return attend(query, key, value)
+
+
+def _num_blocks(key, block_size):
+    length = key.shape[2]
+    if length is None:  # dynamic length (TensorFlow graphs): loop in-graph
+        return ops.shape(key)[2] // block_size
+    return length // block_size
+
+
+def _key_block(tensor, start, block_size):
+    shape = ops.shape(tensor)
+    return ops.slice(
+        tensor, (0, 0, start, 0), (shape[0], shape[1], block_size, shape[3])
+    )
+
+
+def _tile_logits(query, key_block, mask):
+    logits = ops.matmul(query, ops.swapaxes(key_block, -1, -2))
+    if mask is None:
+        return logits
+    return ops.where(mask, logits, MASKED_LOGIT)
+
+
+def _forward(query, key, value, block_mask, block_size):
+    """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`."""
+    rows = ops.shape(query)[:3] + (1,)
+    output = ops.zeros(ops.shape(query)[:3] + (ops.shape(value)[3],))
+    row_max = ops.full(rows, MASKED_LOGIT)
+    row_sum = ops.zeros(rows)
+
+    def step(index, carry):
+        output, row_max, row_sum = carry
+        start = index * block_size
+        mask = block_mask(start)
+        logits = _tile_logits(query, _key_block(key, start, block_size), mask)
+        new_max = ops.maximum(row_max, ops.max(logits, -1, keepdims=True))
+        probs = ops.exp(logits - new_max)
+        if mask is not None:
+            probs = ops.where(mask, probs, 0.0)
+        rescale = ops.exp(row_max - new_max)
+        row_sum = row_sum * rescale + ops.sum(probs, -1, keepdims=True)
+        output = output * rescale + ops.matmul(
+            probs, _key_block(value, start, block_size)
+        )
+        return output, new_max, row_sum
+
+    output, row_max, row_sum = ops.fori_loop(
+        0, _num_blocks(key, block_size), step, (output, row_max, row_sum)
+    )
+    has_keys = row_sum > 0.0
+    safe_sum = ops.where(has_keys, row_sum, 1.0)
+    output = ops.where(has_keys, output / safe_sum, 0.0)
+    log_sum_exp = ops.where(
+        has_keys, row_max + ops.log(safe_sum), _EMPTY_ROW_LSE
+    )
+    return output, log_sum_exp
+
+
+def _backward(
+    query,
+    key,
+    value,
+    output,
+    log_sum_exp,
+    upstream,
+    block_mask,
+    block_size,
+):
+    """Gradients of query, key and value, recomputing each tile."""
+    upstream = ops.cast(upstream, "float32")
+    # d softmax: dS = P * (dP - rowsum(dO * O)).
+    row_dot = ops.sum(upstream * output, -1, keepdims=True)
+    grad_query = ops.zeros_like(query)
+    grad_key = ops.zeros_like(key)
+    grad_value = ops.zeros_like(value)
+
+    def step(index, carry):
+        grad_query, grad_key, grad_value = carry
+        start = index * block_size
+        mask = block_mask(start)
+        key_block = _key_block(key, start, block_size)
+        logits = _tile_logits(query, key_block, mask)
+        probs = ops.exp(logits - log_sum_exp)
+        if mask is not None:
+            probs = ops.where(mask, probs, 0.0)
+        grad_value_block = ops.matmul(ops.swapaxes(probs, -1, -2), upstream)
+        grad_probs = ops.matmul(
+            upstream,
+            ops.swapaxes(_key_block(value, start, block_size), -1, -2),
+        )
+        grad_logits = probs * (grad_probs - row_dot)
+        grad_query = grad_query + ops.matmul(grad_logits, key_block)
+        grad_key_block = ops.matmul(ops.swapaxes(grad_logits, -1, -2), query)
+        at = (0, 0, start, 0)
+        grad_key = ops.slice_update(grad_key, at, grad_key_block)
+        grad_value = ops.slice_update(grad_value, at, grad_value_block)
+        return grad_query, grad_key, grad_value
+
+    return ops.fori_loop(
+        0,
+        _num_blocks(key, block_size),
+        step,
+        (grad_query, grad_key, grad_value),
+    )
