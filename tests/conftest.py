@@ -50,6 +50,39 @@ def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
     return np.einsum("bhts,bshd->bthd", probs, value), probs
 
 
+def numpy_attention_grads(
+    query, key, value, upstream, mask=None, is_causal=False, scale=None
+):
+    """Float64 gradients of `sum(upstream * attention(q, k, v))`, by hand.
+
+    dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP));
+    dQ = scale dS K; dK = scale dS^T Q; grouped heads sum into their key
+    head. Returns (dq, dk, dv) in the inputs' layout.
+    """
+    _, probs = numpy_attention(query, key, value, mask, is_causal, scale)
+    query, key, value, upstream = (
+        np.asarray(t, np.float64) for t in (query, key, value, upstream)
+    )
+    heads, kv_heads = query.shape[2], key.shape[2]
+    groups = heads // kv_heads
+    scale = 1.0 / np.sqrt(query.shape[-1]) if scale is None else scale
+    key_rep = np.repeat(key, groups, axis=2)
+    value_rep = np.repeat(value, groups, axis=2)
+    grad_value = np.einsum("bhts,bthd->bshd", probs, upstream)
+    grad_probs = np.einsum("bthd,bshd->bhts", upstream, value_rep)
+    grad_logits = probs * (
+        grad_probs - (probs * grad_probs).sum(-1, keepdims=True)
+    )
+    grad_query = scale * np.einsum("bhts,bshd->bthd", grad_logits, key_rep)
+    grad_key = scale * np.einsum("bhts,bthd->bshd", grad_logits, query)
+
+    def sum_groups(grad):
+        batch, length = grad.shape[:2]
+        return grad.reshape(batch, length, kv_heads, groups, -1).sum(3)
+
+    return grad_query, sum_groups(grad_key), sum_groups(grad_value)
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
 

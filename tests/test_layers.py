@@ -388,6 +388,30 @@ def test_mixed_precision_close_to_float32(policy):
         ),
         (lambda: ksa.SelfAttention(units=4), ValueError, "units=4"),
         (
+            lambda: ksa.MultiHeadAttention(2, 4, implementation="flash"),
+            ValueError,
+            "implementation='flash'",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(
+                2, 4, dropout=0.1, implementation="fused"
+            ),
+            ValueError,
+            "implementation='fused'",
+        ),
+        (
+            lambda: ksa.TransformerEncoder(
+                2, 8, dropout=0.1, implementation="blockwise"
+            ),
+            ValueError,
+            "implementation='blockwise'",
+        ),
+        (
+            lambda: ksa.SelfAttention(dropout=0.1, implementation="fused"),
+            ValueError,
+            "implementation='fused'",
+        ),
+        (
             lambda: ksa.TokenAndPositionEmbedding(10, 0, 4),
             ValueError,
             "sequence_length=0",
@@ -471,3 +495,74 @@ def test_embedding_rejects_float_ids_and_long_inputs():
         layer(np.zeros((1, 2), "float32"))
     with pytest.raises(ValueError, match="sequence_length`=3"):
         layer(np.zeros((1, 4), "int32"))
+
+
+# --------------------------------------------------------------------------
+# Every attention implementation gives the same layer outputs
+
+
+LAYER_PATHS = ["fused", "blockwise"]
+
+
+@pytest.mark.parametrize("implementation", LAYER_PATHS)
+def test_mha_implementations_agree_with_masks_and_causal(implementation):
+    # 300 keys: two key blocks on the blockwise path.
+    rng = np.random.default_rng(11)
+    x = rand(rng, 2, 300, 16)
+    query_mask = np.ones((2, 300), bool)
+    query_mask[1, 200:] = False
+    kwargs = dict(num_heads=4, key_dim=4, num_key_value_heads=2)
+    reference = ksa.MultiHeadAttention(**kwargs, implementation="einsum")
+    other = ksa.MultiHeadAttention(**kwargs, implementation=implementation)
+    reference.build(x.shape)
+    other.build(x.shape)
+    other.set_weights(reference.get_weights())
+    for causal in (False, True):
+        want = reference(x, query_mask=query_mask, use_causal_mask=causal)
+        got = other(x, query_mask=query_mask, use_causal_mask=causal)
+        np.testing.assert_allclose(
+            to_numpy(got), to_numpy(want), atol=ATOL, rtol=ATOL
+        )
+        assert np.all(to_numpy(got)[1, 200:] == to_numpy(want)[1, 200:])
+
+
+@pytest.mark.parametrize("implementation", LAYER_PATHS)
+def test_encoder_and_self_attention_implementations_agree(implementation):
+    rng = np.random.default_rng(12)
+    x = rand(rng, 2, 300, 8)
+    padding = np.ones((2, 300), bool)
+    padding[0, 150:] = False
+    pairs = [
+        (
+            ksa.TransformerEncoder(2, 16, implementation="einsum"),
+            ksa.TransformerEncoder(2, 16, implementation=implementation),
+        ),
+        (
+            ksa.SelfAttention(use_projections=True, implementation="einsum"),
+            ksa.SelfAttention(
+                use_projections=True, implementation=implementation
+            ),
+        ),
+    ]
+    for reference, other in pairs:
+        reference.build(x.shape)
+        other.build(x.shape)
+        other.set_weights(reference.get_weights())
+        want = reference(x, padding_mask=padding)
+        got = other(x, padding_mask=padding)
+        np.testing.assert_allclose(
+            to_numpy(got), to_numpy(want), atol=ATOL, rtol=ATOL
+        )
+
+
+def test_encoder_attention_dropout_is_separate_from_residual_dropout():
+    encoder = ksa.TransformerEncoder(
+        2, 16, dropout=0.3, attention_dropout=0.0, implementation="blockwise"
+    )
+    encoder.build((1, 4, 8))
+    assert encoder.self_attention.dropout == 0.0
+    assert encoder.feedforward_dropout.rate == 0.3
+    assert encoder.self_attention.implementation == "blockwise"
+    default = ksa.TransformerEncoder(2, 16, dropout=0.3)
+    default.build((1, 4, 8))
+    assert default.self_attention.dropout == 0.3  # keras-hub's behaviour

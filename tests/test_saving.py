@@ -27,6 +27,7 @@ LAYERS = [
         kernel_initializer="he_normal",
         kernel_regularizer="l2",
         seed=1,
+        implementation="einsum",
     ),
     ksa.TransformerEncoder(
         2,
@@ -37,6 +38,8 @@ LAYERS = [
         layer_norm_epsilon=1e-6,
         num_key_value_heads=1,
         seed=2,
+        attention_dropout=0.0,
+        implementation="blockwise",
     ),
     ksa.TokenAndPositionEmbedding(
         50,
@@ -69,7 +72,9 @@ def build_model():
     ids = keras.Input((None,), dtype="int32")
     x = ksa.TokenAndPositionEmbedding(50, 9, 8, mask_zero=True)(ids)
     x = x + ksa.SinusoidalPositionEncoding()(x)
-    x = ksa.TransformerEncoder(2, 16, norm_first=True)(x)
+    x = ksa.TransformerEncoder(
+        2, 16, norm_first=True, implementation="blockwise"
+    )(x)
     x = ksa.TransformerEncoder(4, 16, num_key_value_heads=2)(x)
     x = ksa.MultiHeadAttention(2, 4)(x, use_causal_mask=True)
     x = ksa.SelfAttention(use_projections=True)(x)

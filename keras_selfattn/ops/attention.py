@@ -248,7 +248,16 @@ def _fused_attention(query, key, value, mask, is_causal, scale):
         _pad_last_axis(tensor, size) for tensor in (query, key, value)
     )
     output = ops.dot_product_attention(
-        query, key, value, mask=mask, scale=scale, is_causal=is_causal
+        query,
+        key,
+        value,
+        mask=mask,
+        scale=scale,
+        is_causal=is_causal,
+        # On torch, None makes Keras probe its flash kernel in a way
+        # torch.compile cannot trace; False lets torch's own dispatcher pick
+        # the kernel (flash included) instead.
+        flash_attention=False if keras.backend.backend() == "torch" else None,
     )
     output = output[..., :value_size]
     if mask is None:
@@ -284,6 +293,7 @@ def _blockwise_attention(query, key, value, mask, is_causal, scale):
     padding = (-key_length) % block_size
     groups = query.shape[2] // key.shape[2]
     pads_keys = dynamic or padding > 0
+    dtype = value.dtype
     query = ops.cast(query, _SOFTMAX_DTYPE) * ops.cast(scale, _SOFTMAX_DTYPE)
     query = _heads_first(query, 1, 0)
     key = _heads_first(key, groups, padding)
@@ -306,7 +316,7 @@ def _blockwise_attention(query, key, value, mask, is_causal, scale):
         return merge_masks(*parts)
 
     output = blockwise_attention(query, key, value, block_mask, block_size)
-    return ops.cast(ops.swapaxes(output, 1, 2), value.dtype)
+    return ops.cast(ops.swapaxes(output, 1, 2), dtype)
 
 
 def _heads_first(tensor, groups, padding):
@@ -314,7 +324,7 @@ def _heads_first(tensor, groups, padding):
     tensor = ops.cast(tensor, _SOFTMAX_DTYPE)
     if groups > 1:
         tensor = ops.repeat(tensor, groups, axis=2)
-    tensor = ops.swapaxes(tensor, 1, 2)
+    tensor = ops.transpose(tensor, (0, 2, 1, 3))
     if isinstance(padding, int) and padding == 0:
         return tensor
     return ops.pad(tensor, ((0, 0), (0, 0), (0, padding), (0, 0)))

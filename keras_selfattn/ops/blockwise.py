@@ -93,10 +93,8 @@ def _forward(query, key, value, block_mask, block_size):
     row_max = ops.full(rows, MASKED_LOGIT)
     row_sum = ops.zeros(rows)
 
-    def step(index, carry):
+    def attend_block(start, mask, carry):
         output, row_max, row_sum = carry
-        start = index * block_size
-        mask = block_mask(start)
         logits = _tile_logits(query, _key_block(key, start, block_size), mask)
         new_max = ops.maximum(row_max, ops.max(logits, -1, keepdims=True))
         probs = ops.exp(logits - new_max)
@@ -110,7 +108,10 @@ def _forward(query, key, value, block_mask, block_size):
         return output, new_max, row_sum
 
     output, row_max, row_sum = ops.fori_loop(
-        0, _num_blocks(key, block_size), step, (output, row_max, row_sum)
+        0,
+        _num_blocks(key, block_size),
+        _skipping_masked_blocks(attend_block, block_mask, block_size),
+        (output, row_max, row_sum),
     )
     has_keys = row_sum > 0.0
     safe_sum = ops.where(has_keys, row_sum, 1.0)
@@ -139,10 +140,8 @@ def _backward(
     grad_key = ops.zeros_like(key)
     grad_value = ops.zeros_like(value)
 
-    def step(index, carry):
+    def backward_block(start, mask, carry):
         grad_query, grad_key, grad_value = carry
-        start = index * block_size
-        mask = block_mask(start)
         key_block = _key_block(key, start, block_size)
         logits = _tile_logits(query, key_block, mask)
         probs = ops.exp(logits - log_sum_exp)
@@ -164,6 +163,30 @@ def _backward(
     return ops.fori_loop(
         0,
         _num_blocks(key, block_size),
-        step,
+        _skipping_masked_blocks(backward_block, block_mask, block_size),
         (grad_query, grad_key, grad_value),
     )
+
+
+def _skipping_masked_blocks(block_step, block_mask, block_size):
+    """A `fori_loop` body running `block_step(start, mask, carry)` only on
+    blocks with at least one allowed key.
+
+    A block masked for every query row changes neither the running softmax
+    nor any gradient (its probabilities are all zero), so skipping it is
+    exact; padded batches, and the padding up to a whole block, skip work
+    this way.
+    """
+
+    def step(index, carry):
+        start = index * block_size
+        mask = block_mask(start)
+        if mask is None:
+            return block_step(start, mask, carry)
+        return ops.cond(
+            ops.any(mask),
+            lambda: block_step(start, mask, carry),
+            lambda: carry,
+        )
+
+    return step

@@ -1,0 +1,193 @@
+"""The attention implementations vs the NumPy oracle and each other.
+
+Outputs and gradients over several key blocks (the last one padded, one
+masked for every row and so skipped), padding and random masks, causal,
+grouped heads, compiled and eager; the "auto" choice; the blockwise path's
+memory.
+"""
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+from conftest import grads
+from conftest import jit
+from conftest import numpy_attention
+from conftest import numpy_attention_grads
+from conftest import to_numpy
+from keras import ops
+
+from keras_selfattn.ops import choose_implementation
+from keras_selfattn.ops import scaled_dot_product_attention
+from keras_selfattn.ops.attention import BLOCK_SIZE
+from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
+
+PATHS = ["einsum", "fused", "blockwise"]
+# Three key blocks, the last one padded up to a whole block.
+LONG = 2 * BLOCK_SIZE + 5
+
+
+def long_case(mask_kind, seed=0):
+    rng = np.random.default_rng(seed)
+    batch, q_len, heads, kv_heads = 2, 9, 4, 2
+    query = rng.standard_normal((batch, q_len, heads, 8)).astype("float32")
+    key = rng.standard_normal((batch, LONG, kv_heads, 8)).astype("float32")
+    value = rng.standard_normal((batch, LONG, kv_heads, 6)).astype("float32")
+    if mask_kind == "padding":
+        mask = np.ones((batch, 1, 1, LONG), bool)
+        mask[1, ..., 100:] = False  # a short sequence
+    else:
+        mask = rng.random((batch, 1, q_len, LONG)) > 0.5
+        mask[0, 0, 3, :] = False  # a query row with no key at all
+    mask[..., BLOCK_SIZE : 2 * BLOCK_SIZE] = False  # masked for every row
+    upstream = rng.standard_normal((batch, q_len, heads, 6))
+    return query, key, value, mask, upstream.astype("float32")
+
+
+@pytest.mark.parametrize("implementation", PATHS)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["padding", "random"])
+def test_long_outputs_and_gradients_match_oracle(
+    implementation, is_causal, mask_kind
+):
+    query, key, value, mask, upstream = long_case(mask_kind)
+    if is_causal:  # queries sit at the end, so causal masks many keys
+        mask = mask.copy()
+        mask[..., :300] = True
+
+    def attend(q, k, v):
+        return scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            scale=0.3,
+            implementation=implementation,
+        )
+
+    want, _ = numpy_attention(query, key, value, mask, is_causal, 0.3)
+    got = to_numpy(attend(query, key, value))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+    got_grads = grads(
+        lambda q, k, v: ops.multiply(attend(q, k, v), upstream),
+        query,
+        key,
+        value,
+    )
+    want_grads = numpy_attention_grads(
+        query, key, value, upstream, mask, is_causal, 0.3
+    )
+    for name, got_grad, want_grad in zip("qkv", got_grads, want_grads):
+        np.testing.assert_allclose(
+            got_grad, want_grad, atol=2e-5, rtol=1e-4, err_msg=name
+        )
+        assert np.any(got_grad != 0.0)
+
+
+@pytest.mark.parametrize("implementation", PATHS)
+def test_compiled_matches_eager(implementation):
+    query, key, value, mask, _ = long_case("random", seed=1)
+
+    def attend(q, k, v, m):
+        return scaled_dot_product_attention(
+            q, k, v, mask=m, implementation=implementation
+        )
+
+    eager = to_numpy(attend(query, key, value, mask))
+    compiled = to_numpy(jit(attend)(query, key, value, mask))
+    np.testing.assert_allclose(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("implementation", ["fused", "blockwise"])
+def test_half_precision_long_sequences(implementation):
+    query, key, value, mask, _ = long_case("padding", seed=2)
+    for dtype in ("float16", "bfloat16"):
+        inputs = [ops.cast(t, dtype) for t in (query, key, value)]
+        out = scaled_dot_product_attention(
+            *inputs, mask=mask, implementation=implementation
+        )
+        assert ops.dtype(out) == dtype
+        want, _ = numpy_attention(*(to_numpy(t) for t in inputs), mask)
+        np.testing.assert_allclose(to_numpy(out), want, atol=2e-2, rtol=2e-2)
+
+
+def test_auto_choice_on_this_backend():
+    long, short = BLOCKWISE_MIN_LENGTH, BLOCKWISE_MIN_LENGTH - 1
+    for length in (short, long, None):
+        assert choose_implementation("auto", length, True) == "einsum"
+    if BACKEND == "torch":
+        expected = {short: "fused", long: "fused", None: "fused"}
+    else:  # JAX (on a CPU) and TensorFlow
+        expected = {short: "einsum", long: "blockwise", None: "blockwise"}
+    for length, implementation in expected.items():
+        assert choose_implementation("auto", length, False) == implementation
+    for implementation in PATHS:
+        assert choose_implementation(implementation, 8, False) == implementation
+
+
+@pytest.mark.parametrize("implementation", ["fused", "blockwise"])
+@pytest.mark.parametrize(
+    "kwargs", [{"dropout_rate": 0.1}, {"return_attention_scores": True}]
+)
+def test_explicit_implementation_is_never_swapped(implementation, kwargs):
+    query, key, value, *_ = long_case("padding")
+    with pytest.raises(ValueError, match=f"implementation='{implementation}'"):
+        scaled_dot_product_attention(
+            query, key, value, implementation=implementation, **kwargs
+        )
+
+
+def test_unknown_implementation_is_named():
+    query, key, value, *_ = long_case("padding")
+    with pytest.raises(ValueError, match="implementation='flash'"):
+        scaled_dot_product_attention(query, key, value, implementation="flash")
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA memory analysis via JAX")
+def test_blockwise_gradient_memory_grows_linearly():
+    import jax
+    import jax.numpy as jnp
+
+    def temp_bytes(implementation, length):
+        shape = jax.ShapeDtypeStruct((1, length, 4, 64), jnp.float32)
+
+        def loss(q, k, v):
+            out = scaled_dot_product_attention(
+                q, k, v, implementation=implementation
+            )
+            return jnp.sum(out)
+
+        grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+        compiled = grad.lower(shape, shape, shape).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    blockwise = [temp_bytes("blockwise", n) for n in (2048, 4096)]
+    einsum_4096 = temp_bytes("einsum", 4096)
+    score_matrix = 4 * 4096 * 4096 * 4  # one float32 (H, T, S) tensor
+    tile = 4 * 4096 * BLOCK_SIZE * 4  # one float32 (H, T, block) tile
+    assert blockwise[1] / blockwise[0] < 2.5  # linear, not quadratic
+    assert blockwise[1] < 8 * tile < score_matrix
+    assert einsum_4096 >= score_matrix  # the materialised path, for scale
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic graph shapes")
+def test_blockwise_with_unknown_length_in_a_graph():
+    import tensorflow as tf
+
+    spec = tf.TensorSpec((1, None, 2, 8), tf.float32)
+
+    @tf.function(input_signature=[spec, spec])
+    def attend(query, key):
+        return scaled_dot_product_attention(
+            query, key, key, implementation="blockwise"
+        )
+
+    rng = np.random.default_rng(3)
+    for length in (7, BLOCK_SIZE + 3):
+        query = rng.standard_normal((1, 5, 2, 8)).astype("float32")
+        key = rng.standard_normal((1, length, 2, 8)).astype("float32")
+        want, _ = numpy_attention(query, key, key)
+        np.testing.assert_allclose(
+            to_numpy(attend(query, key)), want, atol=1e-5, rtol=1e-5
+        )
