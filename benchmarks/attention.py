@@ -1,4 +1,4 @@
-"""Forward + backward: our MultiHeadAttention vs keras.layers.MultiHeadAttention.
+"""Forward + backward: our MultiHeadAttention vs keras' MultiHeadAttention.
 
     for b in tensorflow jax torch; do
         KERAS_BACKEND=$b python benchmarks/attention.py             # speed

@@ -101,6 +101,19 @@ def parse_args(argv=None):
     parser.add_argument("--num-heads", type=int, default=2)
     parser.add_argument("--intermediate-dim", type=int, default=128)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument(
+        "--attention-dropout",
+        type=float,
+        default=0.0,
+        help="dropout on attention probabilities (default 0: lets the "
+        "fused/blockwise kernels run in training)",
+    )
+    parser.add_argument(
+        "--attention",
+        default="auto",
+        choices=ksa.ops.IMPLEMENTATIONS,
+        help="attention implementation (default auto)",
+    )
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument(
         "--short-crops",
@@ -192,6 +205,8 @@ def build_model(args, vocab_size):
             args.num_heads,
             args.intermediate_dim,
             dropout=args.dropout,
+            attention_dropout=args.attention_dropout,
+            implementation=args.attention,
             activation="gelu",
             name=f"encoder_{i}",
         )(x)

@@ -20,6 +20,7 @@ from keras_selfattn.ops import choose_implementation
 from keras_selfattn.ops import scaled_dot_product_attention
 from keras_selfattn.ops.attention import BLOCK_SIZE
 from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
+from keras_selfattn.ops.attention import DYNAMIC_BLOCK_SIZE
 
 PATHS = ["einsum", "fused", "blockwise"]
 # Three key blocks, the last one padded up to a whole block.
@@ -184,10 +185,40 @@ def test_blockwise_with_unknown_length_in_a_graph():
         )
 
     rng = np.random.default_rng(3)
-    for length in (7, BLOCK_SIZE + 3):
+    for length in (7, 2 * DYNAMIC_BLOCK_SIZE + 3):
         query = rng.standard_normal((1, 5, 2, 8)).astype("float32")
         key = rng.standard_normal((1, length, 2, 8)).astype("float32")
         want, _ = numpy_attention(query, key, key)
         np.testing.assert_allclose(
             to_numpy(attend(query, key)), want, atol=1e-5, rtol=1e-5
         )
+
+
+@pytest.mark.parametrize("visible", [300, 0])
+def test_keys_no_query_can_see_are_exact(visible):
+    # The fused path trims such a tail on eager torch; every path must give
+    # the oracle's outputs and zero gradients for the hidden keys.
+    query, key, value, _, upstream = long_case("padding", seed=4)
+    mask = np.zeros((2, 1, 1, LONG), bool)
+    mask[..., :visible] = True
+    for implementation in PATHS:
+
+        def attend(q, k, v):
+            return scaled_dot_product_attention(
+                q, k, v, mask=mask, implementation=implementation
+            )
+
+        want, _ = numpy_attention(query, key, value, mask)
+        got = to_numpy(attend(query, key, value))
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
+        got_grads = grads(
+            lambda q, k, v: ops.multiply(attend(q, k, v), upstream),
+            query,
+            key,
+            value,
+        )
+        want_grads = numpy_attention_grads(query, key, value, upstream, mask)
+        for got_grad, want_grad in zip(got_grads, want_grads):
+            assert got_grad.shape == want_grad.shape
+            np.testing.assert_allclose(got_grad, want_grad, atol=2e-5)
+        assert np.all(got_grads[1][:, visible:] == 0)

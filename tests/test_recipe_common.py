@@ -124,3 +124,55 @@ def test_warmup_cosine_rises_then_decays_to_zero():
     np.testing.assert_allclose(max(rates), 1e-3, rtol=1e-5)
     assert int(np.argmax(rates)) == 10
     assert rates[100] < 1e-9 and all(np.diff(rates[10:]) <= 0)
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() == "torch",
+    reason="the recipes train eagerly on torch: nothing is traced",
+)
+def test_training_compiles_once_per_bucket_shape_not_per_batch():
+    import keras_selfattn as ksa
+
+    class CountTraces(keras.layers.Layer):
+        """Identity whose Python body runs once per trace when compiled."""
+
+        traces = 0
+
+        def __init__(self):
+            super().__init__()
+            self.supports_masking = True
+
+        def call(self, x):
+            CountTraces.traces += 1
+            return x
+
+    rng = np.random.default_rng(5)
+    lengths = rng.integers(1, 65, size=300)
+    ids = np.zeros((300, 64), "int32")
+    for row, length in enumerate(lengths):
+        ids[row, :length] = rng.integers(1, 50, size=length)
+    labels = rng.integers(0, 2, size=(300, 1)).astype("float32")
+    buckets = common.bucket_lengths(64, smallest=16)
+    batches = common.make_batches(ids, labels, 16, buckets, shuffle=True)
+
+    tokens = keras.Input((None,), dtype="int32")
+    x = ksa.TokenAndPositionEmbedding(50, 64, 8, mask_zero=True)(tokens)
+    x = CountTraces()(x)
+    x = ksa.TransformerEncoder(2, 16)(x)
+    x = keras.layers.GlobalAveragePooling1D()(x)
+    model = keras.Model(tokens, keras.layers.Dense(1, "sigmoid")(x))
+    model.compile("adam", "binary_crossentropy", jit_compile=True)
+    CountTraces.traces = 0
+    model.fit(batches, epochs=2, verbose=0)
+
+    shapes = {batches[i][0].shape for i in range(len(batches))}
+    # Padded to its own longest row, almost every batch would differ.
+    own_widths = {
+        (batch != 0).sum(1).max()
+        for batch, _ in (batches[i] for i in range(len(batches)))
+    }
+    assert len(own_widths) > 2 * len(shapes)
+    # One trace per batch shape, plus the one abstract evaluation Keras runs
+    # when it first builds the train step.
+    assert 1 <= CountTraces.traces <= len(shapes) + 1
+    assert 2 * len(batches) > 4 * len(shapes)  # many steps, few programs

@@ -38,10 +38,13 @@ from keras_selfattn._validation import check_choice, check_rate
 from keras_selfattn.ops.blockwise import MASKED_LOGIT, blockwise_attention
 
 IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
-# Keys per block of the blockwise path (measured: benchmarks/attention.py).
+# Keys per block of the blockwise path (measured: benchmarks/attention.py);
+# a length unknown when tracing (TensorFlow graphs) gets smaller blocks, so
+# short batches pad fewer keys up to a whole block.
 BLOCK_SIZE = 256
+DYNAMIC_BLOCK_SIZE = 128
 # "auto" on a CPU with JAX/TensorFlow: blockwise from this key length up.
-BLOCKWISE_MIN_LENGTH = 512
+BLOCKWISE_MIN_LENGTH = 256
 _SOFTMAX_DTYPE = "float32"
 
 
@@ -238,6 +241,8 @@ def _fused_attention(query, key, value, mask, is_causal, scale):
     if mask is not None and is_causal:
         causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         mask, is_causal = merge_masks(mask, causal), False
+    if mask is not None and mask.shape[-1] != 1 and _eager_torch():
+        key, value, mask = _trim_masked_key_tail(key, value, mask)
     groups = query.shape[2] // key.shape[2]
     if groups > 1:
         key = ops.repeat(key, groups, axis=2)
@@ -266,6 +271,31 @@ def _fused_attention(query, key, value, mask, is_causal, scale):
     return ops.where(ops.swapaxes(row_has_key, 1, 2), output, 0.0)
 
 
+def _eager_torch():
+    """Backend fast path, torch only: True when running eagerly (not under
+    `torch.compile`), where a shape may depend on the data. Its portable
+    twin is the untrimmed kernel call that every other case takes."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling()
+
+
+def _trim_masked_key_tail(key, value, mask):
+    """Drop the trailing keys that no query may attend to.
+
+    Exact: those keys get zero probability everywhere (and zero gradient).
+    A padded batch then costs what its longest row costs. At least one key
+    is kept, so a fully masked batch still goes through the kernel.
+    """
+    seen = ops.convert_to_numpy(ops.any(mask, axis=(0, 1, 2)))
+    keep = max(int(seen.nonzero()[0][-1]) + 1 if seen.any() else 0, 1)
+    if keep == seen.shape[0]:
+        return key, value, mask
+    return key[:, :keep], value[:, :keep], mask[..., :keep]
+
+
 def _pad_last_axis(tensor, size):
     missing = size - tensor.shape[-1]
     if missing == 0:
@@ -284,10 +314,11 @@ def _blockwise_attention(query, key, value, mask, is_causal, scale):
     if dynamic:
         key_length = ops.shape(key)[1]
         if key_length is None:  # symbolic inputs: only the output spec
-            return _einsum_attention(query, key, value, mask, is_causal, scale)[
-                0
-            ]
-        block_size = BLOCK_SIZE
+            output, _ = _einsum_attention(
+                query, key, value, mask, is_causal, scale
+            )
+            return output
+        block_size = DYNAMIC_BLOCK_SIZE
     else:
         block_size = min(BLOCK_SIZE, key_length)
     padding = (-key_length) % block_size
