@@ -124,6 +124,10 @@ def matmul_rate(size=2048, repeats=5):
         import jax
 
         matmul = jax.jit(matmul)
+    elif keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        matmul = tf.function(matmul, jit_compile=True)
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
@@ -203,7 +207,7 @@ def main():
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--ours",
         nargs="+",
@@ -228,7 +232,8 @@ def main():
         print(f"{'length':>6} " + " ".join(f"{n + ' MB':>14}" for n in names))
         for length in options.lengths:
             rss = [peak_rss_mb(name, length, options) for name in names]
-            print(f"{length:>6} " + " ".join(f"{str(m):>14}" for m in rss))
+            cells = [m if isinstance(m, str) else f"{m:.0f}" for m in rss]
+            print(f"{length:>6} " + " ".join(f"{c:>14}" for c in cells))
         return
     print(f"float32 matmul: {matmul_rate():.0f} GFLOP/s")
     header = f"{'length':>6} {'keras s':>8} {'GF/s':>5}"

@@ -20,7 +20,6 @@ from keras_selfattn.ops import choose_implementation
 from keras_selfattn.ops import scaled_dot_product_attention
 from keras_selfattn.ops.attention import BLOCK_SIZE
 from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
-from keras_selfattn.ops.attention import DYNAMIC_BLOCK_SIZE
 
 PATHS = ["einsum", "fused", "blockwise"]
 # Three key blocks, the last one padded up to a whole block.
@@ -185,7 +184,7 @@ def test_blockwise_with_unknown_length_in_a_graph():
         )
 
     rng = np.random.default_rng(3)
-    for length in (7, 2 * DYNAMIC_BLOCK_SIZE + 3):
+    for length in (7, 2 * BLOCK_SIZE + 3):
         query = rng.standard_normal((1, 5, 2, 8)).astype("float32")
         key = rng.standard_normal((1, length, 2, 8)).astype("float32")
         want, _ = numpy_attention(query, key, key)

@@ -506,7 +506,7 @@ LAYER_PATHS = ["fused", "blockwise"]
 
 @pytest.mark.parametrize("implementation", LAYER_PATHS)
 def test_mha_implementations_agree_with_masks_and_causal(implementation):
-    # 300 keys: two key blocks on the blockwise path.
+    # 300 keys: three key blocks on the blockwise path.
     rng = np.random.default_rng(11)
     x = rand(rng, 2, 300, 16)
     query_mask = np.ones((2, 300), bool)

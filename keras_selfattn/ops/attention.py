@@ -38,11 +38,10 @@ from keras_selfattn._validation import check_choice, check_rate
 from keras_selfattn.ops.blockwise import MASKED_LOGIT, blockwise_attention
 
 IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
-# Keys per block of the blockwise path (measured: benchmarks/attention.py);
-# a length unknown when tracing (TensorFlow graphs) gets smaller blocks, so
-# short batches pad fewer keys up to a whole block.
-BLOCK_SIZE = 256
-DYNAMIC_BLOCK_SIZE = 128
+# Keys per block of the blockwise path. Measured (forward + backward, batch
+# 2, width 256, 4 heads): 128 and 256 tie at 4096 keys on JAX and
+# TensorFlow; at 1024 keys 128 is faster on TensorFlow and ties on JAX.
+BLOCK_SIZE = 128
 # "auto" on a CPU with JAX/TensorFlow: blockwise from this key length up.
 BLOCKWISE_MIN_LENGTH = 256
 _SOFTMAX_DTYPE = "float32"
@@ -318,7 +317,7 @@ def _blockwise_attention(query, key, value, mask, is_causal, scale):
                 query, key, value, mask, is_causal, scale
             )
             return output
-        block_size = DYNAMIC_BLOCK_SIZE
+        block_size = BLOCK_SIZE
     else:
         block_size = min(BLOCK_SIZE, key_length)
     padding = (-key_length) % block_size
