@@ -1,6 +1,7 @@
 """Shared test helpers: the NumPy oracle and per-backend gradient / jit."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -125,6 +126,18 @@ def jit(fn):
     import torch
 
     return torch.compile(fn)
+
+
+def reload_difference(stdout):
+    """The max |difference| a recipe printed after reloading its model.
+
+    Not always exactly 0: the trained model may have been traced with a
+    dynamic length (TensorFlow) and run another attention kernel than the
+    fresh reload, which rounds differently in the last bits.
+    """
+    match = re.search(r"reloaded .*: max \|difference\| (\S+)", stdout)
+    assert match, "the recipe did not report its reload check"
+    return float(match.group(1))
 
 
 def run_script(script, args, backend=BACKEND, stdin=None):
