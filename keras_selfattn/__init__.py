@@ -11,7 +11,7 @@ Example:
 (None, None, 32)
 """
 
-from keras_selfattn import ops
+from keras_selfattn import distribution, ops
 from keras_selfattn.layers import (
     MultiHeadAttention,
     SelfAttention,
@@ -29,6 +29,7 @@ __all__ = [
     "SinusoidalPositionEncoding",
     "TokenAndPositionEmbedding",
     "TransformerEncoder",
+    "distribution",
     "ops",
     "scaled_dot_product_attention",
     "__version__",

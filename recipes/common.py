@@ -1,10 +1,12 @@
 """Pieces the recipes share: backend choice, logging, bucketed batches,
-atomic writes, learning-curve plots, the command line's two modes.
+atomic writes, learning-curve plots, the command line's two modes,
+training on several devices (`--distribute`).
 
 Import this module before `keras` (it may set `KERAS_BACKEND`).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -102,16 +104,18 @@ def save_model_atomic(model, path):
 
 
 def check_reload(model, path, inputs, tolerance=1e-5):
-    """Load the saved `.keras` file (no custom_objects) and check that it
-    predicts what `model` does on `inputs`; prints the difference."""
+    """Load the saved `.keras` file (no custom_objects) on one device, with
+    no distribution, and check that it predicts what `model` does on
+    `inputs`; prints the difference."""
     import keras
     import numpy as np
 
-    loaded = keras.saving.load_model(path)
-    diff = np.abs(
-        model.predict(inputs, verbose=0) - loaded.predict(inputs, verbose=0)
-    ).max()
-    print(f"reloaded {path}: max |difference| {diff:.1e}")
+    expected = predict_rows(model, inputs)
+    with one_device():
+        loaded = keras.saving.load_model(path)
+        diff = np.abs(expected - loaded.predict(inputs, verbose=0)).max()
+    where = " on one device" if distributed() else ""
+    print(f"reloaded {path}{where}: max |difference| {diff:.1e}")
     if diff > tolerance:
         raise RuntimeError(f"Reloaded model predicts differently: {diff}")
 
@@ -162,7 +166,14 @@ def _take_all(arrays, rows, width):
 
 
 def make_batches(
-    inputs, targets, batch_size, buckets, shuffle, seed=0, transform=None
+    inputs,
+    targets,
+    batch_size,
+    buckets,
+    shuffle,
+    seed=0,
+    transform=None,
+    multiple_of=1,
 ):
     """A `keras.utils.PyDataset` of `(inputs, targets)` batches, each padded
     only to the smallest bucket that holds its longest row.
@@ -174,10 +185,21 @@ def make_batches(
     batch size) instead of one per batch, and short texts cost little.
     `transform(batch_inputs, rng)`, if given, rewrites each batch's inputs
     (data augmentation); it must keep their shapes.
+
+    `multiple_of` > 1 makes every batch size a multiple of it (a batch
+    split over that many devices): the rows a bucket cannot fill a
+    multiple with move up to the next, wider bucket, and the last fewer
+    than `multiple_of` rows are left out (other rows each epoch when
+    shuffled); `.left_out` counts them.
     """
     import keras
     import numpy as np
 
+    if batch_size % multiple_of:
+        raise ValueError(
+            f"`batch_size` must be a multiple of {multiple_of} (the batch is "
+            f"split over that many devices). Received: batch_size={batch_size}"
+        )
     ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
     lengths = (ids != 0).sum(axis=1)
     bucket_of = np.searchsorted(np.asarray(buckets), lengths)
@@ -190,15 +212,20 @@ def make_batches(
 
         def _plan(self):
             batches = []
+            carried = np.zeros(0, int)  # shorter rows fit any wider bucket
             for bucket in range(len(buckets)):
                 rows = np.flatnonzero(bucket_of == bucket)
                 if shuffle:
                     rows = self.rng.permutation(rows)
+                rows = np.concatenate([carried, rows])
+                kept = len(rows) - len(rows) % multiple_of
+                rows, carried = rows[:kept], rows[kept:]
                 for start in range(0, len(rows), batch_size):
                     batches.append((bucket, rows[start : start + batch_size]))
             if shuffle:
                 order = self.rng.permutation(len(batches))
                 batches = [batches[i] for i in order]
+            self.left_out = len(carried)
             return _two_widths_first(batches)
 
         def __len__(self):
@@ -257,8 +284,9 @@ def plot_learning_curves(history, path, metrics):
 
 def recipe_parser(description, run_dir, predict_help):
     """The recipes' shared command line: training options `--output-dir`,
-    `--seed`, `--smoke`, and a `predict` subcommand with `texts` and
-    `--model-dir`. Returns `(parser, predict_parser)` to add to."""
+    `--seed`, `--smoke`, `--distribute`, `--mesh`, and a `predict`
+    subcommand with `texts` and `--model-dir`. Returns
+    `(parser, predict_parser)` to add to."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -273,7 +301,37 @@ def recipe_parser(description, run_dir, predict_help):
         action="store_true",
         help="whole path on a tiny slice, in well under a minute",
     )
+    parser.add_argument(
+        "--distribute",
+        choices=("data", "model"),
+        help="train on several devices (JAX): data = every device holds the "
+        "model and a slice of each batch; model = the attention heads, "
+        "feed-forward and embeddings are split across devices too",
+    )
+    parser.add_argument(
+        "--mesh",
+        type=mesh_shape,
+        metavar="BATCH[,MODEL]",
+        help="device mesh for --distribute: batch x model sizes, e.g. 2,2 "
+        "(default: all devices on the batch axis for data; for model, the "
+        "largest model axis that the split sizes --num-heads, "
+        "--intermediate-dim and --embedding-dim allow, the rest on batch)",
+    )
     return parser, pred
+
+
+def mesh_shape(text):
+    """`"2,2"` -> `(2, 2)` (batch, model); `"4"` -> `(4,)`."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not 1 <= len(shape) <= 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            "expected BATCH,MODEL sizes such as 2,2 or one batch size such "
+            f"as 4. Received: {text!r}"
+        )
+    return shape
 
 
 def parse_recipe_args(parser, argv, defaults, smoke_defaults):
@@ -283,7 +341,24 @@ def parse_recipe_args(parser, argv, defaults, smoke_defaults):
     for name, value in (smoke_defaults if args.smoke else defaults).items():
         if getattr(args, name, None) is None:
             setattr(args, name, value)
+    if args.command != "predict":
+        check_distribute_args(parser, args)
     return args
+
+
+def check_distribute_args(parser, args):
+    """Exit with a usage error if `--distribute`/`--mesh` cannot apply."""
+    import keras
+
+    if args.mesh and not args.distribute:
+        parser.error("--mesh needs --distribute data or --distribute model")
+    backend = keras.backend.backend()
+    if args.distribute and backend != "jax":
+        parser.error(
+            "--distribute uses keras.distribution, which runs on the JAX "
+            f"backend only. Received: KERAS_BACKEND={backend}; run with "
+            "KERAS_BACKEND=jax"
+        )
 
 
 def run_recipe(args, train, predict):
@@ -296,6 +371,136 @@ def run_recipe(args, train, predict):
     out.mkdir(parents=True, exist_ok=True)
     with Tee(out / "train.log"):
         train(args)
+
+
+# The options whose sizes `--distribute model` splits across devices.
+SPLIT_SIZES = ("num_heads", "intermediate_dim", "embedding_dim")
+
+
+def model_mesh(devices, sizes):
+    """`(batch, model)` for `devices` devices: the largest model axis that
+    divides every size in `sizes`, the rest on the batch axis.
+
+    >>> model_mesh(4, [2, 128, 64]), model_mesh(8, [4, 256, 128])
+    ((2, 2), (2, 4))
+    """
+    model = max(
+        d
+        for d in range(1, devices + 1)
+        if devices % d == 0 and all(size % d == 0 for size in sizes)
+    )
+    return devices // model, model
+
+
+def start_distribution(args):
+    """Set the distribution `--distribute`/`--mesh` ask for, before any
+    model is built, and print its device mesh. Returns it (None without
+    `--distribute`). Exits with a clear message if the sizes do not fit.
+
+    With `--distribute model` and no `--mesh`, the model axis is the
+    largest that divides every split size (`SPLIT_SIZES`)."""
+    if not args.distribute:
+        return None
+    import keras
+
+    from keras_selfattn import distribution
+
+    sizes = {
+        name: getattr(args, name)
+        for name in SPLIT_SIZES
+        if getattr(args, name, None) is not None
+    }
+    shape = args.mesh
+    if args.distribute == "model" and shape is None:
+        count = len(keras.distribution.list_devices())
+        shape = model_mesh(count, sizes.values())
+        given = ", ".join(
+            f"--{name.replace('_', '-')} {size}" for name, size in sizes.items()
+        )
+        print(
+            f"--mesh {shape[0]},{shape[1]}: {count} devices, the "
+            f"largest model axis that divides {given}"
+        )
+    try:
+        strategy = distribution.make_distribution(args.distribute, shape)
+    except (ValueError, RuntimeError) as error:
+        raise SystemExit(f"--distribute {args.distribute}: {error}")
+    shards = distribution.batch_shards(strategy)
+    if args.batch_size % shards:
+        raise SystemExit(
+            f"--batch-size must be a multiple of the mesh's batch size "
+            f"{shards}. Received: --batch-size={args.batch_size}"
+        )
+    mesh = strategy.device_mesh
+    model = dict(zip(mesh.axis_names, mesh.shape)).get("model", 1)
+    for name, size in sizes.items():
+        if size % model:
+            option = "--" + name.replace("_", "-")
+            raise SystemExit(
+                f"{option} must be a multiple of the mesh's model size "
+                f"{model} (it is split across that many devices). "
+                f"Received: {option}={size}"
+            )
+    keras.distribution.set_distribution(strategy)
+    print(distribution.describe_mesh(strategy))
+    return strategy
+
+
+def print_sharding(model):
+    """Print how the current distribution places each weight of `model`."""
+    if distributed():
+        from keras_selfattn import distribution
+
+        print(distribution.describe_sharding(model))
+
+
+def distributed():
+    """True while a `keras.distribution` distribution is set."""
+    import keras
+
+    return keras.distribution.distribution() is not None
+
+
+@contextlib.contextmanager
+def one_device():
+    """Run the block with no distribution set (new weights on one device)."""
+    import keras
+
+    current = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(current)
+
+
+def pad_rows(inputs, multiple):
+    """`inputs` (an array or a dict of arrays, rows first) padded to a
+    multiple of `multiple` rows by repeating the last row."""
+    import numpy as np
+
+    def pad(array):
+        extra = -len(array) % multiple
+        if not extra:
+            return array
+        return np.concatenate([array, np.repeat(array[-1:], extra, axis=0)])
+
+    if isinstance(inputs, dict):
+        return {name: pad(array) for name, array in inputs.items()}
+    return pad(inputs)
+
+
+def predict_rows(model, inputs, batch_size=32):
+    """`model.predict(inputs)` in batches that split evenly over the
+    current distribution's batch axis (padded rows are dropped again)."""
+    from keras_selfattn import distribution
+
+    shards = distribution.batch_shards()
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    rows = len(first)
+    batch_size = -(-batch_size // shards) * shards
+    padded = pad_rows(inputs, shards)
+    return model.predict(padded, batch_size=batch_size, verbose=0)[:rows]
 
 
 def load_run(model_dir):

@@ -6,6 +6,7 @@
     python recipes/ner.py predict --model-dir runs/ner \\
         "Angela Merkel visited Paris."
     echo "EU rejects German call" | python recipes/ner.py predict
+    KERAS_BACKEND=jax python recipes/ner.py --distribute model --mesh 2,2
 
 Data: CoNLL-2003 English (14,041 / 3,250 / 3,453 sentences; PER, LOC,
 ORG, MISC in IOB2). Only the words are used (no POS or chunk columns), so
@@ -25,7 +26,8 @@ or `I-X`). `--context document` packs consecutive sentences of a document
 into one row instead of one sentence per row.
 
 Scores are CoNLL entity-level precision/recall/F1 (exact span and type),
-micro-averaged, with per-type figures. Everything lands in
+micro-averaged, with per-type figures. `--distribute data|model` trains on
+several devices through `keras.distribution` (JAX). Everything lands in
 `--output-dir`: model.keras, tokenizer.json, labels.json, metrics.json,
 learning_curves.png, history.csv and train.log.
 """
@@ -361,9 +363,11 @@ def predict_probabilities(model, inputs, batch_size, buckets):
         bucket = int(np.searchsorted(buckets, lengths[rows].max()))
         width = buckets[min(bucket, len(buckets) - 1)]
         batch = {name: a[rows, :width] for name, a in inputs.items()}
+        # Under --distribute a batch must split evenly over the devices.
+        batch = common.pad_rows(batch, ksa.distribution.batch_shards())
         probabilities = keras.ops.convert_to_numpy(
             model.predict_on_batch(batch)
-        )
+        )[: len(rows)]
         if out is None:
             out = np.zeros((*ids.shape, probabilities.shape[-1]), np.float32)
         out[rows, :width] = probabilities
@@ -468,6 +472,7 @@ def train(args):
     timer = common.Timer()
     print(BACKEND_NOTE)
     print(f"settings: {vars(args)}")
+    common.start_distribution(args)  # before any model is built
 
     with timer("data"):
         documents = load_splits(args)
@@ -519,11 +524,18 @@ def train(args):
         shuffle=True,
         seed=args.seed,
         transform=augment,
+        multiple_of=ksa.distribution.batch_shards(),
     )
+    if train_batches.left_out:
+        print(
+            f"{train_batches.left_out} training rows per epoch left out so "
+            "batches split evenly over the devices"
+        )
 
     model = build_model(args, tokenizer.get_vocab_size(), len(tag_names))
     compile_model(model, args, steps=len(train_batches) * args.epochs)
     model.summary(print_fn=lambda line, **_: print(line))
+    common.print_sharding(model)
     callbacks = [
         EntityF1(splits["validation"], tag_names, 4 * args.batch_size, buckets),
         keras.callbacks.EarlyStopping(

@@ -7,6 +7,9 @@
     python recipes/sentiment.py predict --model-dir runs/sentiment \\
         "A warm, funny film." "Two hours I will never get back."
     echo "Loved it" | python recipes/sentiment.py predict --explain
+    KERAS_BACKEND=jax python recipes/sentiment.py --distribute data
+    KERAS_BACKEND=jax python recipes/sentiment.py --distribute model \\
+        --mesh 2,2                                 # 4 devices: batch x model
 
 Data: the 50,000 IMDB reviews (Maas et al. 2011) split 25,000 test /
 22,500 train / 2,500 validation (carved from train), stratified, seed 1337.
@@ -15,7 +18,10 @@ Text goes through a WordPiece tokenizer trained on the training split only
 their head and tail. Model: token + position embeddings, Transformer
 encoder blocks, masked mean pooling, a logistic output. Batches are padded
 to length buckets, so compiled programs are reused and short reviews cost
-little. Everything lands in `--output-dir`: model.keras, tokenizer.json,
+little. `--distribute data|model` trains on several devices through
+`keras.distribution` (JAX; see `keras_selfattn.distribution`); batches
+then split evenly over the mesh's batch axis, and the saved model loads on
+one device. Everything lands in `--output-dir`: model.keras, tokenizer.json,
 metrics.json, learning_curves.png and train.log.
 """
 
@@ -236,6 +242,7 @@ def train(args):
     timer = common.Timer()
     print(BACKEND_NOTE)
     print(f"settings: {vars(args)}")
+    common.start_distribution(args)  # before any model is built
 
     with timer("data"):
         splits, split_info, label_names = load_splits(args)
@@ -278,13 +285,18 @@ def train(args):
             shuffle=name == "train",
             seed=args.seed,
             transform=augment if name == "train" else None,
+            multiple_of=ksa.distribution.batch_shards(),
         )
         for name, (ids, labels) in encoded.items()
     }
+    left_out = {name: b.left_out for name, b in batches.items() if b.left_out}
+    if left_out:
+        print(f"rows left out so batches split evenly: {left_out}")
 
     model = build_model(args, tokenizer.get_vocab_size())
     compile_model(model, args, steps=len(batches["train"]) * args.epochs)
     model.summary(print_fn=lambda line, **_: print(line))
+    common.print_sharding(model)
     callbacks = [
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", patience=1, restore_best_weights=True
@@ -309,9 +321,10 @@ def train(args):
     with timer("evaluate"):
         test_loss, test_accuracy = model.evaluate(batches["test"], verbose=0)
         short_accuracy = short_review_accuracy(model, tokenizer, args)
+        test_reviews = len(encoded["test"][1]) - batches["test"].left_out
         print(
             f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f} "
-            f"({len(encoded['test'][1])} reviews); short one-sentence "
+            f"({test_reviews} reviews); short one-sentence "
             f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
         )
 
@@ -347,7 +360,7 @@ def short_review_accuracy(model, tokenizer, args):
 def predict_probabilities(model, tokenizer, texts, args):
     ids = encode(tokenizer, texts, args)
     width = max(int((ids != 0).sum(1).max()), 1)
-    return model.predict(ids[:, :width], verbose=0)[:, 0]
+    return common.predict_rows(model, ids[:, :width])[:, 0]
 
 
 # ---------------------------------------------------------------- predict
