@@ -43,6 +43,16 @@ def long_case(mask_kind, seed=0):
     return query, key, value, mask, upstream.astype("float32")
 
 
+def weighted_grads(attend, upstream, query, key, value):
+    """Gradients of `sum(upstream * attend(q, k, v))` in q, k and v."""
+    return grads(
+        lambda q, k, v: ops.multiply(attend(q, k, v), upstream),
+        query,
+        key,
+        value,
+    )
+
+
 @pytest.mark.parametrize("implementation", PATHS)
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("mask_kind", ["padding", "random"])
@@ -69,12 +79,7 @@ def test_long_outputs_and_gradients_match_oracle(
     got = to_numpy(attend(query, key, value))
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
-    got_grads = grads(
-        lambda q, k, v: ops.multiply(attend(q, k, v), upstream),
-        query,
-        key,
-        value,
-    )
+    got_grads = weighted_grads(attend, upstream, query, key, value)
     want_grads = numpy_attention_grads(
         query, key, value, upstream, mask, is_causal, 0.3
     )
@@ -210,12 +215,7 @@ def test_keys_no_query_can_see_are_exact(visible):
         want, _ = numpy_attention(query, key, value, mask)
         got = to_numpy(attend(query, key, value))
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-4)
-        got_grads = grads(
-            lambda q, k, v: ops.multiply(attend(q, k, v), upstream),
-            query,
-            key,
-            value,
-        )
+        got_grads = weighted_grads(attend, upstream, query, key, value)
         want_grads = numpy_attention_grads(query, key, value, upstream, mask)
         for got_grad, want_grad in zip(got_grads, want_grads):
             assert got_grad.shape == want_grad.shape

@@ -86,6 +86,14 @@ def _tile_logits(query, key_block, mask):
     return ops.where(mask, logits, MASKED_LOGIT)
 
 
+def _masked_exp(shifted_logits, mask):
+    """Unnormalised probabilities of a tile: 0 where `mask` is False."""
+    probs = ops.exp(shifted_logits)
+    if mask is None:
+        return probs
+    return ops.where(mask, probs, 0.0)
+
+
 def _forward(query, key, value, block_mask, block_size):
     """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`."""
     rows = ops.shape(query)[:3] + (1,)
@@ -97,9 +105,7 @@ def _forward(query, key, value, block_mask, block_size):
         output, row_max, row_sum = carry
         logits = _tile_logits(query, _key_block(key, start, block_size), mask)
         new_max = ops.maximum(row_max, ops.max(logits, -1, keepdims=True))
-        probs = ops.exp(logits - new_max)
-        if mask is not None:
-            probs = ops.where(mask, probs, 0.0)
+        probs = _masked_exp(logits - new_max, mask)
         rescale = ops.exp(row_max - new_max)
         row_sum = row_sum * rescale + ops.sum(probs, -1, keepdims=True)
         output = output * rescale + ops.matmul(
@@ -144,9 +150,7 @@ def _backward(
         grad_query, grad_key, grad_value = carry
         key_block = _key_block(key, start, block_size)
         logits = _tile_logits(query, key_block, mask)
-        probs = ops.exp(logits - log_sum_exp)
-        if mask is not None:
-            probs = ops.where(mask, probs, 0.0)
+        probs = _masked_exp(logits - log_sum_exp, mask)
         grad_value_block = ops.matmul(ops.swapaxes(probs, -1, -2), upstream)
         grad_probs = ops.matmul(
             upstream,
