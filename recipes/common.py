@@ -302,6 +302,14 @@ def recipe_parser(description, run_dir, predict_help):
         help="whole path on a tiny slice, in well under a minute",
     )
     parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        help="fine-tune a pretrained BERT-family encoder instead of training "
+        "from scratch: all-MiniLM-L6-v2 or a checkpoint directory "
+        "(config.json, model.safetensors, tokenizer.json); its tokenizer "
+        "replaces the trained one and the width/layer options do not apply",
+    )
+    parser.add_argument(
         "--distribute",
         choices=("data", "model"),
         help="train on several devices (JAX): data = every device holds the "
@@ -334,16 +342,51 @@ def mesh_shape(text):
     return shape
 
 
-def parse_recipe_args(parser, argv, defaults, smoke_defaults):
-    """Parse; options left unset (None) take their value from `defaults`,
-    or from `smoke_defaults` under `--smoke`."""
+def parse_recipe_args(
+    parser, argv, defaults, smoke_defaults, init_defaults=None
+):
+    """Parse; options left unset (None) take their value from
+    `smoke_defaults` under `--smoke`, then `init_defaults` under `--init`,
+    then `defaults`."""
     args = parser.parse_args(argv)
-    for name, value in (smoke_defaults if args.smoke else defaults).items():
-        if getattr(args, name, None) is None:
-            setattr(args, name, value)
+    layers = [smoke_defaults] if args.smoke else []
+    if getattr(args, "init", None) and init_defaults:
+        layers.append(init_defaults)
+    for values in layers + [defaults]:
+        for name, value in values.items():
+            if getattr(args, name, None) is None:
+                setattr(args, name, value)
     if args.command != "predict":
         check_distribute_args(parser, args)
     return args
+
+
+def load_pretrained(args):
+    """`(encoder, tokenizer)` of `--init`, with the run's dropout (the
+    attention probabilities' too, as in the encoder's pretraining)."""
+    from keras_selfattn import pretrained
+
+    encoder, tokenizer = pretrained.load_bert(args.init, dropout=args.dropout)
+    config = encoder.get_layer("embeddings")
+    print(
+        f"pretrained encoder {args.init}: "
+        f"{encoder.count_params():,} weights, position table "
+        f"{config.sequence_length}, vocabulary {tokenizer.get_vocab_size()}"
+    )
+    if args.max_length > config.sequence_length:
+        raise SystemExit(
+            f"--max-length {args.max_length} exceeds the encoder's "
+            f"{config.sequence_length} positions"
+        )
+    return encoder, tokenizer
+
+
+def encode_with(encoder, token_ids):
+    """The pretrained encoder's hidden states for `token_ids` (0 = pad)."""
+    import keras
+
+    padding_mask = keras.ops.not_equal(token_ids, 0)
+    return encoder({"token_ids": token_ids, "padding_mask": padding_mask})
 
 
 def check_distribute_args(parser, args):

@@ -3,6 +3,7 @@
     python recipes/ner.py                          # full run (~11 min, CPU)
     python recipes/ner.py --smoke                  # whole path, tiny slice
     python recipes/ner.py --data my_conll/         # train/valid/test.txt
+    python recipes/ner.py --init all-MiniLM-L6-v2  # fine-tune a pretrained
     python recipes/ner.py predict --model-dir runs/ner \\
         "Angela Merkel visited Paris."
     echo "EU rejects German call" | python recipes/ner.py predict
@@ -24,6 +25,12 @@ quarter of the tokens by [UNK] (`--word-dropout`). Decoding keeps the most
 probable tag sequence that is valid IOB2 (Viterbi; `I-X` only after `B-X`
 or `I-X`). `--context document` packs consecutive sentences of a document
 into one row instead of one sentence per row.
+
+`--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
+pretrained encoder instead (`keras_selfattn.pretrained`), with its own
+uncased tokenizer and the character CNN beside its output; by default 3
+epochs at learning rate 1e-4, dropout 0.1, no word dropout, and document
+context.
 
 Scores are CoNLL entity-level precision/recall/F1 (exact span and type),
 micro-averaged, with per-type figures. `--distribute data|model` trains on
@@ -58,12 +65,25 @@ DEFAULTS = {
     "batch_size": 32,
     "max_length": 192,
     "vocab_size": 12000,
+    "learning_rate": 1e-3,
+    "dropout": 0.3,
+    "word_dropout": 0.25,
+    "context": "sentence",
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
     "batch_size": 16,
     "max_length": 64,
     "vocab_size": 800,
+}
+# `--init`: fine-tuning a pretrained encoder wants a small learning rate,
+# its own dropout, few epochs and whole-document context.
+INIT_DEFAULTS = {
+    "epochs": 3,
+    "learning_rate": 1e-4,
+    "dropout": 0.1,
+    "word_dropout": 0.0,
+    "context": "document",
 }
 SMOKE_SENTENCES = (400, 100, 100)
 
@@ -75,8 +95,8 @@ def parse_args(argv=None):
     parser.add_argument(
         "--data", help="directory with your own train/valid/test.txt"
     )
-    # Defaults of these four depend on --smoke (see SMOKE_DEFAULTS).
-    parser.add_argument("--epochs", type=int, help="default 10")
+    # Defaults of these depend on --smoke and --init (see *DEFAULTS).
+    parser.add_argument("--epochs", type=int, help="default 10 (--init 3)")
     parser.add_argument("--batch-size", type=int, help="default 32")
     parser.add_argument("--max-length", type=int, help="default 192")
     parser.add_argument("--vocab-size", type=int, help="default 12000")
@@ -84,12 +104,14 @@ def parse_args(argv=None):
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-dim", type=int, default=256)
-    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument(
+        "--dropout", type=float, help="default 0.3 (--init 0.1)"
+    )
     parser.add_argument(
         "--word-dropout",
         type=float,
-        default=0.25,
-        help="fraction of training tokens replaced by [UNK]",
+        help="fraction of training tokens replaced by [UNK]; default 0.25 "
+        "(--init 0)",
     )
     parser.add_argument(
         "--features",
@@ -113,17 +135,21 @@ def parse_args(argv=None):
     parser.add_argument(
         "--context",
         choices=("sentence", "document"),
-        default="sentence",
         help="what a model row holds: consecutive sentences of a document "
-        "up to --max-length tokens, or one sentence",
+        "up to --max-length tokens, or one sentence; default sentence "
+        "(--init document)",
     )
     parser.add_argument("--char-dim", type=int, default=32)
     parser.add_argument("--char-filters", type=int, default=64)
     parser.add_argument("--max-word-bytes", type=int, default=20)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=float, help="default 1e-3 (--init 1e-4)"
+    )
     parser.add_argument("--weight-decay", type=float, default=0.01)
     parser.add_argument("--patience", type=int, default=3)
-    args = common.parse_recipe_args(parser, argv, DEFAULTS, SMOKE_DEFAULTS)
+    args = common.parse_recipe_args(
+        parser, argv, DEFAULTS, SMOKE_DEFAULTS, INIT_DEFAULTS
+    )
     if args.command != "predict":
         args.features = parse_features(args.features)
     return args
@@ -241,14 +267,17 @@ def row_labels(prepared, tag_ids):
     )
 
 
-def word_dropout(rate, unk_id):
+def word_dropout(rate, tokenizer):
     """Augmentation: replace `rate` of the word tokens by `[UNK]`, so the
     tagger also learns to read unseen words from their shape and
     characters."""
+    unk_id = tokenizer.token_to_id(text.UNK_TOKEN)
+    special = [tokenizer.token_to_id(t) for t in text.SPECIAL_TOKENS]
+    special = np.array([i for i in special if i is not None] + [text.PAD_ID])
 
     def transform(batch, rng):
         ids = batch["token_ids"]
-        words = ids >= len(text.SPECIAL_TOKENS)  # special ids come first
+        words = ~np.isin(ids, special)
         drop = (rng.random(ids.shape) < rate) & words
         ids[drop] = unk_id
         return batch
@@ -259,23 +288,35 @@ def word_dropout(rate, unk_id):
 # ---------------------------------------------------------------- model
 
 
-def build_model(args, vocab_size, num_tags):
-    """Embeddings + word features -> encoder blocks -> tag softmax."""
+def build_model(args, vocab_size, num_tags, encoder=None):
+    """Token ids + word features -> encoder -> tag softmax. The encoder is
+    `encoder` (pretrained, `--init`) with the word features beside its
+    output, or else blocks trained from scratch over the embeddings and
+    word features."""
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     inputs = {"token_ids": token_ids}
-    padding_mask = keras.ops.not_equal(token_ids, 0)
-    parts = [
-        ksa.TokenAndPositionEmbedding(
-            vocab_size,
-            args.max_length,
-            args.embedding_dim,
-            name="token_embedding",
-        )(token_ids)
-    ]
+    features = word_features(inputs, args)
+    if encoder is None:
+        x = scratch_encoder(token_ids, features, vocab_size, args)
+    else:
+        x = common.encode_with(encoder, token_ids)
+        if features:
+            x = keras.layers.Concatenate(name="features")([x, *features])
+        x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)
+    probabilities = keras.layers.Dense(
+        num_tags, activation="softmax", dtype="float32", name="tags"
+    )(x)
+    return keras.Model(inputs, probabilities, name="ner_tagger")
+
+
+def word_features(inputs, args):
+    """Per-token features of the token's word (`--features`); adds their
+    inputs to `inputs`."""
+    features = []
     if "shape" in args.features:
         word_shapes = keras.Input((None,), dtype="int32", name="word_shapes")
         inputs["word_shapes"] = word_shapes
-        parts.append(
+        features.append(
             keras.layers.Embedding(
                 tagging.NUM_SHAPE_IDS, 16, name="shape_embedding"
             )(word_shapes)
@@ -285,10 +326,22 @@ def build_model(args, vocab_size, num_tags):
             (None, args.max_word_bytes), dtype="int32", name="word_chars"
         )
         inputs["word_chars"] = word_chars
-        parts.append(char_features(word_chars, args))
-    x = parts[0]
-    if len(parts) > 1:
-        x = keras.layers.Concatenate(name="features")(parts)
+        features.append(char_features(word_chars, args))
+    return features
+
+
+def scratch_encoder(token_ids, features, vocab_size, args):
+    """Embeddings (+ word features), a local convolution and encoder
+    blocks, all trained from scratch."""
+    padding_mask = keras.ops.not_equal(token_ids, 0)
+    x = ksa.TokenAndPositionEmbedding(
+        vocab_size,
+        args.max_length,
+        args.embedding_dim,
+        name="token_embedding",
+    )(token_ids)
+    if features:
+        x = keras.layers.Concatenate(name="features")([x, *features])
         x = keras.layers.Dense(args.embedding_dim, name="feature_projection")(x)
     if args.local_context:
         x = keras.layers.Conv1D(
@@ -308,10 +361,7 @@ def build_model(args, vocab_size, num_tags):
             activation="gelu",
             name=f"encoder_{i}",
         )(x, padding_mask=padding_mask)
-    probabilities = keras.layers.Dense(
-        num_tags, activation="softmax", dtype="float32", name="tags"
-    )(x)
-    return keras.Model(inputs, probabilities, name="ner_tagger")
+    return x
 
 
 def char_features(word_chars, args):
@@ -404,11 +454,16 @@ def decode_tags(
     return tags
 
 
-def tag_prepared(model, prepared, tag_names, batch_size, buckets, viterbi=True):
-    """Predicted tags of every sentence of a prepared split."""
+def tag_prepared(model, prepared, tag_names, batch_size, buckets):
+    """Predicted tags (Viterbi) of every sentence of a prepared split."""
     probabilities = predict_probabilities(
         model, prepared.inputs, batch_size, buckets
     )
+    return decode_prepared(probabilities, prepared, tag_names)
+
+
+def decode_prepared(probabilities, prepared, tag_names, viterbi=True):
+    """`decode_tags` for the rows of a prepared split."""
     return decode_tags(
         probabilities,
         prepared.word_ids,
@@ -449,15 +504,16 @@ class EntityF1(keras.callbacks.Callback):
 def evaluate(model, prepared, tag_names, batch_size, buckets):
     """Entity scores of one split, with Viterbi and with argmax decoding."""
     true = [tags for _, tags in prepared.sentences]
+    probabilities = predict_probabilities(
+        model, prepared.inputs, batch_size, buckets
+    )
     return {
         decoding: tagging.entity_scores(
             true,
-            tag_prepared(
-                model,
+            decode_prepared(
+                probabilities,
                 prepared,
                 tag_names,
-                batch_size,
-                buckets,
                 viterbi=decoding == "viterbi",
             ),
         )
@@ -489,11 +545,15 @@ def train(args):
         )
 
     with timer("tokenize"):
-        tokenizer = text.train_tokenizer(
-            [" ".join(words) for words, _ in train_sentences],
-            vocab_size=args.vocab_size,
-            lowercase=args.lowercase,
-        )
+        encoder = None
+        if args.init:
+            encoder, tokenizer = common.load_pretrained(args)
+        else:
+            tokenizer = text.train_tokenizer(
+                [" ".join(words) for words, _ in train_sentences],
+                vocab_size=args.vocab_size,
+                lowercase=args.lowercase,
+            )
         text.save_tokenizer(tokenizer, out / "tokenizer.json")
         splits = {
             name: prepare(tokenizer, docs, args)
@@ -513,9 +573,7 @@ def train(args):
     buckets = common.bucket_lengths(args.max_length, smallest=16)
     augment = None
     if args.word_dropout > 0:
-        augment = word_dropout(
-            args.word_dropout, tokenizer.token_to_id(text.UNK_TOKEN)
-        )
+        augment = word_dropout(args.word_dropout, tokenizer)
     train_batches = common.make_batches(
         splits["train"].inputs,
         row_labels(splits["train"], tag_ids),
@@ -532,7 +590,9 @@ def train(args):
             "batches split evenly over the devices"
         )
 
-    model = build_model(args, tokenizer.get_vocab_size(), len(tag_names))
+    model = build_model(
+        args, tokenizer.get_vocab_size(), len(tag_names), encoder
+    )
     compile_model(model, args, steps=len(train_batches) * args.epochs)
     model.summary(print_fn=lambda line, **_: print(line))
     common.print_sharding(model)

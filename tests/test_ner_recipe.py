@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BACKEND, reload_difference, run_script
+from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "ner.py"
@@ -154,3 +155,44 @@ def test_saved_model_tags_the_same_under_other_backends(trained, other):
     here = run(["predict", "--model-dir", str(out), *texts])
     there = run(["predict", "--model-dir", str(out), *texts], backend=other)
     assert there == here and parse_entities(here)[0]
+
+
+def test_init_fine_tunes_a_pretrained_encoder(tmp_path):
+    """`--init` from a tiny random BERT checkpoint whose tokenizer knows
+    the sentences' words: trains, scores, saves, reloads and tags."""
+    write_conll(tmp_path)
+    sentences = [make_sentence(np.random.default_rng(i))[0] for i in range(50)]
+    corpus = [" ".join(words) for words in sentences]
+    config = {**TINY_CONFIG, "vocab_size": 96, "max_position_embeddings": 64}
+    checkpoint = write_checkpoint(
+        tmp_path / "bert", random_tensors(config), config, corpus
+    )
+    out = tmp_path / "run"
+    stdout = run(
+        [
+            "--smoke",
+            "--init",
+            str(checkpoint),
+            "--data",
+            str(tmp_path),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "8",
+            "--learning-rate",
+            "3e-3",
+            "--char-filters",
+            "16",
+        ]
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["init"] == str(checkpoint)
+    assert metrics["settings"]["context"] == "document"  # --init default
+    assert "pretrained encoder" in stdout
+    assert reload_difference(stdout) < 1e-6
+    assert metrics["test_f1"] >= 0.9, metrics["test_f1"]
+    text = "Maria Nowak visited Oslo on Monday."
+    entities = parse_entities(run(["predict", "--model-dir", str(out), text]))
+    assert entities == [
+        [("PER", 0, 11, "Maria Nowak"), ("LOC", 20, 24, "Oslo")]
+    ]

@@ -12,72 +12,18 @@ import pytest
 from bert_reference import bert_hidden_states
 from conftest import BACKEND, jit, to_numpy
 from safetensors.numpy import save_file
+from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
 from keras_selfattn import pretrained, text
 from keras_selfattn._safetensors import read_safetensors
 from keras_selfattn.downloads import WheelSpec, sha256_file
 
-# Coprime sizes so a transposed or mis-split axis fails loudly.
-TINY_CONFIG = {
-    "architectures": ["BertModel"],
-    "model_type": "bert",
-    "vocab_size": 67,
-    "hidden_size": 15,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 3,
-    "intermediate_size": 22,
-    "max_position_embeddings": 19,
-    "type_vocab_size": 2,
-    "layer_norm_eps": 1e-12,
-    "hidden_act": "gelu",
-    "hidden_dropout_prob": 0.1,
-    "attention_probs_dropout_prob": 0.1,
-    "pad_token_id": 0,
-}
-CORPUS = [
-    "the cat sat on the mat",
-    "a dog ran in the park",
-    "paris is the capital of france",
-    "angela merkel visited paris",
-] * 4
 SENTENCES = [
     "A man is eating food.",
     "The quick brown fox jumps over the lazy dog by the river.",
     "Paris is the capital of France.",
     "A woman is playing the violin on stage tonight.",
 ]
-
-
-def random_tensors(config, seed=0):
-    """BertModel-named tensors (pooler and position ids included), with
-    a spread large enough that every weight moves the output."""
-    cfg = pretrained.BertConfig.from_dict(config)
-    rng = np.random.default_rng(seed)
-    tensors = {
-        name: rng.normal(0, 0.4, shape).astype("float32")
-        for name, shape in pretrained.expected_tensors(cfg).items()
-    }
-    for name in tensors:
-        if name.endswith("LayerNorm.weight"):
-            tensors[name] += 1.0
-    h = cfg.hidden_size
-    tensors["pooler.dense.weight"] = rng.normal(size=(h, h)).astype("f4")
-    tensors["pooler.dense.bias"] = np.zeros(h, "float32")
-    positions = np.arange(cfg.max_position_embeddings, dtype="int64")
-    tensors["embeddings.position_ids"] = positions[None]
-    return tensors
-
-
-def write_checkpoint(directory, tensors, config=TINY_CONFIG):
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config))
-    save_file(tensors, str(directory / "model.safetensors"))
-    tokenizer = text.train_tokenizer(
-        CORPUS, vocab_size=config["vocab_size"], min_frequency=1
-    )
-    assert tokenizer.get_vocab_size() <= config["vocab_size"]
-    text.save_tokenizer(tokenizer, directory / "tokenizer.json")
-    return directory
 
 
 @pytest.fixture

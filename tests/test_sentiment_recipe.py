@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BACKEND, reload_difference, run_script
+from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sentiment.py"
@@ -121,3 +122,58 @@ def test_saved_model_predicts_the_same_under_other_backends(trained, other):
         run(["predict", "--model-dir", str(out), *texts], backend=other)
     )
     np.testing.assert_allclose(there, here, atol=1e-3)  # printed with 3 digits
+
+
+@pytest.fixture(scope="module")
+def fine_tuned(tmp_path_factory):
+    """A `--init` run from a tiny random BERT checkpoint whose tokenizer
+    knows the reviews' words."""
+    tmp = tmp_path_factory.mktemp("sentiment_init")
+    write_reviews(tmp / "reviews.csv")
+    corpus = [" ".join(GOOD + BAD + FILLER)] * 4
+    config = {**TINY_CONFIG, "vocab_size": 64, "max_position_embeddings": 40}
+    checkpoint = write_checkpoint(
+        tmp / "bert", random_tensors(config), config, corpus
+    )
+    out = tmp / "run"
+    stdout = run(
+        [
+            "--smoke",
+            "--init",
+            str(checkpoint),
+            "--data",
+            str(tmp / "reviews.csv"),
+            "--text-column",
+            "review",
+            "--label-column",
+            "stars",
+            "--output-dir",
+            str(out),
+            "--max-length",
+            "32",
+            "--epochs",
+            "6",
+            "--learning-rate",
+            "3e-3",
+        ]
+    )
+    return out, stdout, checkpoint
+
+
+def test_init_fine_tunes_the_pretrained_encoder(fine_tuned):
+    out, stdout, checkpoint = fine_tuned
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["settings"]["init"] == str(checkpoint)
+    # The checkpoint's tokenizer is the run's tokenizer.
+    saved = json.loads((out / "tokenizer.json").read_text())
+    original = json.loads((checkpoint / "tokenizer.json").read_text())
+    assert saved["model"]["vocab"] == original["model"]["vocab"]
+    assert "pretrained encoder" in stdout
+    assert reload_difference(stdout) < 1e-6
+    assert metrics["test_accuracy"] >= 0.9, metrics["test_accuracy"]
+    labels, _ = parse_predictions(
+        run(["predict", "--model-dir", str(out), "superb and moving"])
+    )
+    assert labels == ["good"]
+    run(["predict", "--explain", "--model-dir", str(out), "dull film"])
+    assert (out / "explain_0.png").stat().st_size > 0
