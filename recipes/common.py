@@ -362,8 +362,8 @@ def parse_recipe_args(
 
 
 def load_pretrained(args):
-    """`(encoder, tokenizer)` of `--init`, with the run's dropout (the
-    attention probabilities' too, as in the encoder's pretraining)."""
+    """`(encoder, tokenizer)` of `--init`, with the run's `--dropout` on the
+    residual branches; attention dropout stays the checkpoint's."""
     from keras_selfattn import pretrained
 
     encoder, tokenizer = pretrained.load_bert(args.init, dropout=args.dropout)

@@ -23,9 +23,9 @@ little.
 
 `--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
 pretrained encoder with its own tokenizer instead. On a CPU that costs
-~20x per token, so by default it trains one epoch on 4,000 reviews of 128
-tokens and scores 5,000 test reviews (`--train-size`, `--test-size`,
-`--max-length` and `--epochs` change that).
+~30x per token, so by default it trains one epoch on 4,000 reviews of 128
+tokens (batches of 16, learning rate 1e-4) and scores 5,000 test reviews
+(`--train-size`, `--test-size`, `--max-length` and `--epochs` change that).
 
 `--distribute data|model` trains on several devices through
 `keras.distribution` (JAX; see `keras_selfattn.distribution`); batches
@@ -93,13 +93,14 @@ SMOKE_DEFAULTS = {
     "max_length": 128,
     "vocab_size": 2000,
 }
-# `--init`: a pretrained encoder costs ~20x the default model per token on
+# `--init`: a pretrained encoder costs ~30x the default model per token on
 # a CPU, so by default it fine-tunes one epoch on 4,000 reviews cut to 128
 # tokens and is scored on 5,000 test reviews (minutes, not hours).
 INIT_DEFAULTS = {
     "epochs": 1,
+    "batch_size": 16,
     "max_length": 128,
-    "learning_rate": 5e-5,
+    "learning_rate": 1e-4,
     "train_size": 4000,
     "test_size": 5000,
 }
@@ -118,9 +119,9 @@ def parse_args(argv=None):
     parser.add_argument("--data", help="your own CSV instead of IMDB")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
-    # Defaults of these four depend on --smoke (see SMOKE_DEFAULTS).
+    # Defaults of these depend on --smoke and --init (see *DEFAULTS).
     parser.add_argument("--epochs", type=int, help="default 2 (--init 1)")
-    parser.add_argument("--batch-size", type=int, help="default 32")
+    parser.add_argument("--batch-size", type=int, help="default 32 (--init 16)")
     parser.add_argument(
         "--max-length", type=int, help="default 512 (--init 128)"
     )
@@ -155,7 +156,7 @@ def parse_args(argv=None):
         help="attention implementation (default auto)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, help="default 1e-3 (--init 5e-5)"
+        "--learning-rate", type=float, help="default 1e-3 (--init 1e-4)"
     )
     parser.add_argument(
         "--short-crops",

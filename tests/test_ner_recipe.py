@@ -72,33 +72,43 @@ def parse_entities(stdout):
     return out
 
 
+def smoke_args(data_dir, out, *extra):
+    """A --smoke run on the CoNLL files in `data_dir`, 8 epochs, into
+    `out`."""
+    return [
+        "--smoke",
+        "--data",
+        str(data_dir),
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "8",
+        "--learning-rate",
+        "3e-3",
+        "--char-filters",
+        "16",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ner")
     write_conll(tmp)
     out = tmp / "run"
     stdout = run(
-        [
-            "--smoke",
-            "--data",
-            str(tmp),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "8",
-            "--learning-rate",
-            "3e-3",
+        smoke_args(
+            tmp,
+            out,
             "--embedding-dim",
             "32",
             "--intermediate-dim",
             "64",
             "--num-heads",
             "2",
-            "--char-filters",
-            "16",
             "--word-dropout",
             "0.05",
-        ]
+        )
     )
     return out, stdout
 
@@ -168,23 +178,7 @@ def test_init_fine_tunes_a_pretrained_encoder(tmp_path):
         tmp_path / "bert", random_tensors(config), config, corpus
     )
     out = tmp_path / "run"
-    stdout = run(
-        [
-            "--smoke",
-            "--init",
-            str(checkpoint),
-            "--data",
-            str(tmp_path),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "8",
-            "--learning-rate",
-            "3e-3",
-            "--char-filters",
-            "16",
-        ]
-    )
+    stdout = run(smoke_args(tmp_path, out, "--init", str(checkpoint)))
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["init"] == str(checkpoint)
     assert metrics["settings"]["context"] == "document"  # --init default

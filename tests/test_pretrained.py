@@ -2,6 +2,7 @@
 an independent NumPy BERT and with Hugging Face `transformers`, the real
 all-MiniLM-L6-v2 checkpoint, and the loaded model as a Keras model."""
 
+import doctest
 import json
 import struct
 import zipfile
@@ -14,7 +15,7 @@ from conftest import BACKEND, jit, to_numpy
 from safetensors.numpy import save_file
 from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
-from keras_selfattn import pretrained, text
+from keras_selfattn import downloads, pretrained, text
 from keras_selfattn._safetensors import read_safetensors
 from keras_selfattn.downloads import WheelSpec, sha256_file
 
@@ -41,6 +42,26 @@ def padded_batch(tokenizer, texts, max_length):
 
 def hidden_states(model, ids, mask):
     return to_numpy(model({"token_ids": ids, "padding_mask": mask}))
+
+
+def transformers_hidden_states(directory, ids, mask):
+    """Hugging Face `BertModel`'s last hidden states for the checkpoint."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.BertModel.from_pretrained(
+        str(directory), add_pooling_layer=False
+    ).eval()
+    with torch.no_grad():
+        return reference(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        ).last_hidden_state.numpy()
+
+
+@pytest.mark.parametrize("module", [pretrained, downloads])
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.failed == 0 and result.attempted > 3
 
 
 # ------------------------------------------------------------- safetensors
@@ -134,19 +155,10 @@ def test_tiny_checkpoint_matches_numpy_bert(tiny):
 
 
 def test_tiny_checkpoint_matches_transformers(tiny):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
     directory, _ = tiny
     model, tokenizer = pretrained.load_bert(directory)
     ids, mask = padded_batch(tokenizer, CORPUS[:4], max_length=9)
-    reference = transformers.BertModel.from_pretrained(
-        str(directory), add_pooling_layer=False
-    ).eval()
-    with torch.no_grad():
-        expected = reference(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-        ).last_hidden_state.numpy()
+    expected = transformers_hidden_states(directory, ids, mask)
     assert np.abs(hidden_states(model, ids, mask) - expected)[mask].max() < 1e-5
 
 
@@ -325,16 +337,7 @@ def test_minilm_matches_numpy_bert_and_transformers(minilm):
     expected = bert_hidden_states(tensors, config, ids, mask)
     assert np.abs(ours - expected)[mask].max() < 1e-4
 
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    reference = transformers.BertModel.from_pretrained(
-        str(directory), add_pooling_layer=False
-    ).eval()
-    with torch.no_grad():
-        theirs = reference(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-        ).last_hidden_state.numpy()
+    theirs = transformers_hidden_states(directory, ids, mask)
     assert np.abs(ours - theirs)[mask].max() < 1e-4
 
 

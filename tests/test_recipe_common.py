@@ -176,3 +176,22 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
     # when it first builds the train step.
     assert 1 <= CountTraces.traces <= len(shapes) + 1
     assert 2 * len(batches) > 4 * len(shapes)  # many steps, few programs
+
+
+def test_defaults_layer_smoke_then_init_then_plain():
+    import ner
+
+    plain = ner.parse_args([])
+    assert (plain.learning_rate, plain.context, plain.epochs) == (
+        1e-3,
+        "sentence",
+        10,
+    )
+    init = ner.parse_args(["--init", "all-MiniLM-L6-v2"])
+    for name, value in ner.INIT_DEFAULTS.items():
+        assert getattr(init, name) == value, name
+    assert init.max_length == ner.DEFAULTS["max_length"]  # not overridden
+    chosen = ner.parse_args(["--init", "x", "--epochs", "5", "--smoke"])
+    assert chosen.epochs == 5  # explicit beats every default
+    assert chosen.batch_size == ner.SMOKE_DEFAULTS["batch_size"]
+    assert chosen.learning_rate == ner.INIT_DEFAULTS["learning_rate"]

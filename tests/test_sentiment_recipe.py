@@ -44,29 +44,32 @@ def parse_predictions(stdout):
     return [row[0] for row in rows], np.array([float(row[1]) for row in rows])
 
 
+def smoke_args(tmp, out, *extra):
+    """A --smoke run on the reviews CSV in `tmp`, 6 epochs, into `out`."""
+    return [
+        "--smoke",
+        "--data",
+        str(tmp / "reviews.csv"),
+        "--text-column",
+        "review",
+        "--label-column",
+        "stars",
+        "--output-dir",
+        str(out),
+        "--epochs",
+        "6",
+        "--learning-rate",
+        "3e-3",
+        *extra,
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sentiment")
     write_reviews(tmp / "reviews.csv")
     out = tmp / "run"
-    stdout = run(
-        [
-            "--smoke",
-            "--data",
-            str(tmp / "reviews.csv"),
-            "--text-column",
-            "review",
-            "--label-column",
-            "stars",
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "6",
-            "--learning-rate",
-            "3e-3",
-        ]
-    )
-    return out, stdout
+    return out, run(smoke_args(tmp, out))
 
 
 def test_smoke_run_writes_everything(trained):
@@ -137,25 +140,7 @@ def fine_tuned(tmp_path_factory):
     )
     out = tmp / "run"
     stdout = run(
-        [
-            "--smoke",
-            "--init",
-            str(checkpoint),
-            "--data",
-            str(tmp / "reviews.csv"),
-            "--text-column",
-            "review",
-            "--label-column",
-            "stars",
-            "--output-dir",
-            str(out),
-            "--max-length",
-            "32",
-            "--epochs",
-            "6",
-            "--learning-rate",
-            "3e-3",
-        ]
+        smoke_args(tmp, out, "--init", str(checkpoint), "--max-length", "32")
     )
     return out, stdout, checkpoint
 
