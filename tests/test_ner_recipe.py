@@ -178,10 +178,16 @@ def test_init_fine_tunes_a_pretrained_encoder(tmp_path):
         tmp_path / "bert", random_tensors(config), config, corpus
     )
     out = tmp_path / "run"
-    stdout = run(smoke_args(tmp_path, out, "--init", str(checkpoint)))
+    # One sentence a row: the 400 smoke sentences then give 25 steps an
+    # epoch (document rows would give 4, too few for a random encoder).
+    stdout = run(
+        smoke_args(
+            tmp_path, out, "--init", str(checkpoint), "--context", "sentence"
+        )
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["init"] == str(checkpoint)
-    assert metrics["settings"]["context"] == "document"  # --init default
+    assert metrics["settings"]["dropout"] == 0.1  # --init default
     assert "pretrained encoder" in stdout
     assert reload_difference(stdout) < 1e-6
     assert metrics["test_f1"] >= 0.9, metrics["test_f1"]
