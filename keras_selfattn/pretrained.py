@@ -360,7 +360,10 @@ def bert_weights(tensors, config):
     """
     tensors = _strip_task_prefix(tensors)
     check_tensors(tensors, config)
-    tensors = {k: np.asarray(v, dtype="float32") for k, v in tensors.items()}
+    tensors = {
+        name: np.asarray(tensors[name], dtype="float32")
+        for name in expected_tensors(config)
+    }
     embeddings = "embeddings."
     weights = {
         "embeddings/token_embedding/embeddings": tensors[

@@ -367,26 +367,28 @@ def load_pretrained(args):
     from keras_selfattn import pretrained
 
     encoder, tokenizer = pretrained.load_bert(args.init, dropout=args.dropout)
-    config = encoder.get_layer("embeddings")
+    positions = encoder.get_layer("embeddings").sequence_length
     print(
         f"pretrained encoder {args.init}: "
         f"{encoder.count_params():,} weights, position table "
-        f"{config.sequence_length}, vocabulary {tokenizer.get_vocab_size()}"
+        f"{positions}, vocabulary {tokenizer.get_vocab_size()}"
     )
-    if args.max_length > config.sequence_length:
+    if args.max_length > positions:
         raise SystemExit(
             f"--max-length {args.max_length} exceeds the encoder's "
-            f"{config.sequence_length} positions"
+            f"{positions} positions"
         )
     return encoder, tokenizer
 
 
 def encode_with(encoder, token_ids):
-    """The pretrained encoder's hidden states for `token_ids` (0 = pad)."""
+    """`(hidden_states, padding_mask)` of the pretrained encoder for
+    `token_ids` (0 = pad)."""
     import keras
 
     padding_mask = keras.ops.not_equal(token_ids, 0)
-    return encoder({"token_ids": token_ids, "padding_mask": padding_mask})
+    hidden = encoder({"token_ids": token_ids, "padding_mask": padding_mask})
+    return hidden, padding_mask
 
 
 def check_distribute_args(parser, args):

@@ -301,7 +301,7 @@ def build_model(args, vocab_size, num_tags, encoder=None):
     if encoder is None:
         x = scratch_encoder(token_ids, features, vocab_size, args)
     else:
-        x = common.encode_with(encoder, token_ids)
+        x, _ = common.encode_with(encoder, token_ids)
         if features:
             x = keras.layers.Concatenate(name="features")([x, *features])
         x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)

@@ -255,9 +255,9 @@ def build_model(args, vocab_size, encoder=None):
         x = scratch_encoder(token_ids, vocab_size, args)
         x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
     else:
-        x = common.encode_with(encoder, token_ids)
+        x, padding_mask = common.encode_with(encoder, token_ids)
         x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(
-            x, mask=keras.ops.not_equal(token_ids, 0)
+            x, mask=padding_mask
         )
     x = keras.layers.Dropout(args.dropout, name="pool_dropout")(x)
     probability = keras.layers.Dense(1, "sigmoid", name="positive")(x)
