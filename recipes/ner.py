@@ -20,10 +20,11 @@ bytes of the word each token belongs to, so case and spelling survive the
 lowercasing (`--features shape,chars` adds a word-shape class; it measured
 no gain). They are projected to the model width, mixed with the
 neighbouring tokens by a width-3 convolution and go through Transformer
-encoder blocks to a softmax over tags. Training replaces a
-quarter of the tokens by [UNK] (`--word-dropout`). Decoding keeps the most
-probable tag sequence that is valid IOB2 (Viterbi; `I-X` only after `B-X`
-or `I-X`). `--context document` packs consecutive sentences of a document
+encoder blocks to tag scores for a linear-chain CRF (`recipes/crf.py`),
+trained on whole tag sequences (`--output softmax`: per-token softmax
+instead). Training replaces a quarter of the tokens by [UNK]
+(`--word-dropout`). Decoding keeps the best tag sequence that is valid
+IOB2 (Viterbi; `I-X` only after `B-X` or `I-X`). `--context document` packs consecutive sentences of a document
 into one row instead of one sentence per row.
 
 `--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
@@ -55,6 +56,7 @@ BACKEND_NOTE = common.choose_backend()
 import keras
 import numpy as np
 
+import crf
 import data
 import keras_selfattn as ksa
 import tagging
@@ -69,6 +71,7 @@ DEFAULTS = {
     "dropout": 0.3,
     "word_dropout": 0.25,
     "context": "sentence",
+    "output": "crf",
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
@@ -86,6 +89,7 @@ INIT_DEFAULTS = {
     "dropout": 0.1,
     "word_dropout": 0.0,
     "context": "document",
+    "output": "softmax",
 }
 SMOKE_SENTENCES = (400, 100, 100)
 
@@ -140,6 +144,13 @@ def parse_args(argv=None):
         help="what a model row holds: consecutive sentences of a document "
         "up to --max-length tokens, or one sentence; default sentence "
         "(--init document)",
+    )
+    parser.add_argument(
+        "--output",
+        choices=("crf", "softmax"),
+        help="tag output: a linear-chain CRF trained on whole tag sequences, "
+        "or a per-token softmax; decoding is Viterbi over valid IOB2 either "
+        "way; default crf (--init softmax)",
     )
     parser.add_argument("--char-dim", type=int, default=32)
     parser.add_argument("--char-filters", type=int, default=64)
@@ -290,11 +301,12 @@ def word_dropout(rate, tokenizer):
 # ---------------------------------------------------------------- model
 
 
-def build_model(args, vocab_size, num_tags, encoder=None):
-    """Token ids + word features -> encoder -> tag softmax. The encoder is
-    `encoder` (pretrained, `--init`) with the word features beside its
-    output, or else blocks trained from scratch over the embeddings and
-    word features."""
+def build_model(args, vocab_size, tag_names, encoder=None):
+    """Token ids + word features -> encoder -> tag scores: a linear-chain
+    CRF's emissions (`--output crf`, a `crf.CRFTagger`) or a softmax. The
+    encoder is `encoder` (pretrained, `--init`) with the word features
+    beside its output, or else blocks trained from scratch over the
+    embeddings and word features."""
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     inputs = {"token_ids": token_ids}
     features = word_features(inputs, args)
@@ -305,10 +317,18 @@ def build_model(args, vocab_size, num_tags, encoder=None):
         if features:
             x = keras.layers.Concatenate(name="features")([x, *features])
         x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)
-    probabilities = keras.layers.Dense(
-        num_tags, activation="softmax", dtype="float32", name="tags"
+    if args.output == "softmax":
+        probabilities = keras.layers.Dense(
+            len(tag_names), activation="softmax", dtype="float32", name="tags"
+        )(x)
+        return keras.Model(inputs, probabilities, name="ner_tagger")
+    emissions = keras.layers.Dense(
+        len(tag_names), dtype="float32", name="tags"
     )(x)
-    return keras.Model(inputs, probabilities, name="ner_tagger")
+    emissions = crf.LinearChainCRF(
+        *tagging.allowed_transitions(tag_names), name="crf"
+    )(emissions)
+    return crf.CRFTagger(inputs, emissions, name="ner_tagger")
 
 
 def word_features(inputs, args):
@@ -388,14 +408,19 @@ def char_features(word_chars, args):
 
 
 def compile_model(model, args, steps):
+    """AdamW with warm-up and cosine decay; the loss is per-token
+    cross-entropy, or the CRF's own (`crf.CRFTagger.compute_loss`)."""
     schedule = common.warmup_cosine(args.learning_rate, steps)
+    loss = None
+    if args.output == "softmax":
+        loss = keras.losses.SparseCategoricalCrossentropy(
+            ignore_class=text.IGNORE_INDEX
+        )
     model.compile(
         optimizer=keras.optimizers.AdamW(
             schedule, weight_decay=args.weight_decay
         ),
-        loss=keras.losses.SparseCategoricalCrossentropy(
-            ignore_class=text.IGNORE_INDEX
-        ),
+        loss=loss,
         jit_compile=keras.backend.backend() != "torch",
     )
 
@@ -403,8 +428,33 @@ def compile_model(model, args, steps):
 # ---------------------------------------------------------------- decode
 
 
-def predict_probabilities(model, inputs, batch_size, buckets):
-    """Tag probabilities `(n, L, tags)` for the rows of `inputs`, run in
+def crf_layer(model):
+    """The model's `crf.LinearChainCRF`, or None (a softmax tagger)."""
+    found = [x for x in model.layers if isinstance(x, crf.LinearChainCRF)]
+    return found[0] if found else None
+
+
+def chain_scores(model, tag_names):
+    """`(transitions, start)` for Viterbi: the CRF's learned scores, or
+    only the IOB2 constraints for a softmax tagger."""
+    layer = crf_layer(model)
+    if layer is None:
+        return tagging.constraint_scores(tag_names)
+    return layer.transition_scores()
+
+
+def predict_scores(model, inputs, batch_size, buckets):
+    """Per-token tag scores `(n, L, tags)` in log space (CRF emissions, or
+    log-probabilities) for the rows of `inputs`, run in length-sorted
+    batches padded to buckets (zeros beyond each bucket)."""
+    outputs = predict_outputs(model, inputs, batch_size, buckets)
+    if crf_layer(model) is None:
+        outputs = np.log(np.maximum(outputs, 1e-12))
+    return outputs
+
+
+def predict_outputs(model, inputs, batch_size, buckets):
+    """The model's outputs `(n, L, tags)` for the rows of `inputs`, run in
     length-sorted batches padded to buckets (zeros beyond each bucket)."""
     ids = inputs["token_ids"]
     lengths = (ids != 0).sum(axis=1)
@@ -417,62 +467,60 @@ def predict_probabilities(model, inputs, batch_size, buckets):
         batch = {name: a[rows, :width] for name, a in inputs.items()}
         # Under --distribute a batch must split evenly over the devices.
         batch = common.pad_rows(batch, ksa.distribution.batch_shards())
-        probabilities = keras.ops.convert_to_numpy(
-            model.predict_on_batch(batch)
-        )[: len(rows)]
+        outputs = keras.ops.convert_to_numpy(model.predict_on_batch(batch))
+        outputs = outputs[: len(rows)]
         if out is None:
-            out = np.zeros((*ids.shape, probabilities.shape[-1]), np.float32)
-        out[rows, :width] = probabilities
+            out = np.zeros((*ids.shape, outputs.shape[-1]), np.float32)
+        out[rows, :width] = outputs
     return out
 
 
 def decode_tags(
-    probabilities, word_ids, chunks, sentence_lengths, tag_names, viterbi=True
+    scores, word_ids, chunks, sentence_lengths, tag_names, chain=None
 ):
-    """Per-sentence tag names from the rows' token probabilities.
+    """Per-sentence tag names from the rows' per-token tag scores.
 
     Each word reads its first sub-token; each sentence of a row is decoded
-    on its own, by Viterbi (the best valid IOB2 sequence) or by argmax.
-    Words truncated away are tagged "O".
+    on its own, by Viterbi with `chain = (transitions, start)` (see
+    `chain_scores`) or, if `chain` is None, by argmax. Words truncated away
+    are tagged "O".
     """
     outside = tag_names.index("O")
-    allowed, allowed_start = tagging.allowed_transitions(tag_names)
     positions = word_positions(word_ids, chunks, sentence_lengths)
     tags = [None] * len(sentence_lengths)
-    for row, where, chunk in zip(probabilities, positions, chunks):
-        word_probs = np.full((len(where), len(tag_names)), 1e-12)
-        word_probs[where < 0, outside] = 1.0
-        word_probs[where >= 0] = row[where[where >= 0]]
-        log_probs = np.log(np.maximum(word_probs, 1e-12))
+    for row, where, chunk in zip(scores, positions, chunks):
+        word_scores = np.full((len(where), len(tag_names)), -1e9)
+        word_scores[where < 0, outside] = 0.0
+        word_scores[where >= 0] = row[where[where >= 0]]
         start = 0
         for i in chunk:
-            part = log_probs[start : start + sentence_lengths[i]]
+            part = word_scores[start : start + sentence_lengths[i]]
             start += sentence_lengths[i]
-            if viterbi:
-                best = tagging.viterbi_decode(part, allowed, allowed_start)
-            else:
+            if chain is None:
                 best = part.argmax(axis=-1)
+            else:
+                best = tagging.viterbi_decode(part, *chain)
             tags[i] = [tag_names[j] for j in best]
     return tags
 
 
 def tag_prepared(model, prepared, tag_names, batch_size, buckets):
     """Predicted tags (Viterbi) of every sentence of a prepared split."""
-    probabilities = predict_probabilities(
-        model, prepared.inputs, batch_size, buckets
+    scores = predict_scores(model, prepared.inputs, batch_size, buckets)
+    return decode_prepared(
+        scores, prepared, tag_names, chain_scores(model, tag_names)
     )
-    return decode_prepared(probabilities, prepared, tag_names)
 
 
-def decode_prepared(probabilities, prepared, tag_names, viterbi=True):
+def decode_prepared(scores, prepared, tag_names, chain):
     """`decode_tags` for the rows of a prepared split."""
     return decode_tags(
-        probabilities,
+        scores,
         prepared.word_ids,
         prepared.chunks,
         [len(words) for words, _ in prepared.sentences],
         tag_names,
-        viterbi,
+        chain,
     )
 
 
@@ -506,20 +554,13 @@ class EntityF1(keras.callbacks.Callback):
 def evaluate(model, prepared, tag_names, batch_size, buckets):
     """Entity scores of one split, with Viterbi and with argmax decoding."""
     true = [tags for _, tags in prepared.sentences]
-    probabilities = predict_probabilities(
-        model, prepared.inputs, batch_size, buckets
-    )
+    scores = predict_scores(model, prepared.inputs, batch_size, buckets)
+    chains = {"viterbi": chain_scores(model, tag_names), "argmax": None}
     return {
         decoding: tagging.entity_scores(
-            true,
-            decode_prepared(
-                probabilities,
-                prepared,
-                tag_names,
-                viterbi=decoding == "viterbi",
-            ),
+            true, decode_prepared(scores, prepared, tag_names, chain)
         )
-        for decoding in ("viterbi", "argmax")
+        for decoding, chain in chains.items()
     }
 
 
@@ -592,9 +633,7 @@ def train(args):
             "batches split evenly over the devices"
         )
 
-    model = build_model(
-        args, tokenizer.get_vocab_size(), len(tag_names), encoder
-    )
+    model = build_model(args, tokenizer.get_vocab_size(), tag_names, encoder)
     compile_model(model, args, steps=len(train_batches) * args.epochs)
     model.summary(print_fn=lambda line, **_: print(line))
     common.print_sharding(model)
@@ -696,11 +735,12 @@ def tag_texts(model, tokenizer, tag_names, settings, texts):
     inputs = model_inputs(encoding, rows, None, settings)
     buckets = common.bucket_lengths(settings.max_length, smallest=16)
     tags = decode_tags(
-        predict_probabilities(model, inputs, 64, buckets),
+        predict_scores(model, inputs, 64, buckets),
         encoding.word_ids,
         [[i] for i in range(len(rows))],
         [len(words) for words in rows],
         tag_names,
+        chain_scores(model, tag_names),
     )
     return [
         [

@@ -106,29 +106,43 @@ def allowed_transitions(tag_names):
     return allowed, allowed_start
 
 
-def viterbi_decode(log_probs, allowed, allowed_start):
-    """Most probable tag sequence that only uses allowed transitions.
+def constraint_scores(tag_names):
+    """`(transitions (C, C), start (C,))` scores that only forbid the
+    invalid IOB2 moves: 0 where allowed, `-inf` where not (the transition
+    scores of a tagger without learned ones)."""
+    allowed, allowed_start = allowed_transitions(tag_names)
+    return (
+        np.where(allowed, 0.0, -np.inf),
+        np.where(allowed_start, 0.0, -np.inf),
+    )
+
+
+def viterbi_decode(scores, transitions, start):
+    """The tag path with the highest total score: `start[first tag]`, plus
+    each position's `scores`, plus `transitions[previous, next]` for each
+    move; `-inf` forbids a move.
 
     Args:
-        log_probs: `(n, C)` per-position log-probabilities.
-        allowed, allowed_start: from `allowed_transitions`.
+        scores: `(n, C)` per-position tag scores (log-probabilities, or a
+            CRF's emissions).
+        transitions: `(C, C)` move scores (`constraint_scores`, or a CRF's).
+        start: `(C,)` first-tag scores.
 
     Returns:
         int array `(n,)` of tag ids.
     """
-    log_probs = np.asarray(log_probs, dtype=np.float64)
-    n = len(log_probs)
+    scores = np.asarray(scores, dtype=np.float64)
+    n = len(scores)
     if n == 0:
         return np.zeros(0, dtype=np.int64)
-    forbidden = np.where(allowed, 0.0, -np.inf)
-    score = log_probs[0] + np.where(allowed_start, 0.0, -np.inf)
-    back = np.zeros(log_probs.shape, dtype=np.int64)
+    total = scores[0] + start
+    back = np.zeros(scores.shape, dtype=np.int64)
     for t in range(1, n):
-        candidates = score[:, None] + forbidden  # previous x next
+        candidates = total[:, None] + transitions  # previous x next
         back[t] = candidates.argmax(axis=0)
-        score = candidates.max(axis=0) + log_probs[t]
+        total = candidates.max(axis=0) + scores[t]
     path = np.empty(n, dtype=np.int64)
-    path[-1] = score.argmax()
+    path[-1] = total.argmax()
     for t in range(n - 1, 0, -1):
         path[t - 1] = back[t, path[t]]
     return path

@@ -170,36 +170,50 @@ def test_allowed_transitions():
     assert allowed[:, name("O")].all()
 
 
-def test_viterbi_is_the_best_valid_path_by_brute_force():
+@pytest.mark.parametrize("learned", [False, True])
+def test_viterbi_is_the_best_valid_path_by_brute_force(learned):
+    """Only IOB2 constraints (a softmax tagger), or learned transition and
+    start scores on top of them (a CRF)."""
     tags = ["O", "B-A", "I-A", "B-B", "I-B"]
     allowed, allowed_start = tagging.allowed_transitions(tags)
+    transitions, start = tagging.constraint_scores(tags)
     rng = np.random.default_rng(3)
+    if learned:
+        transitions = transitions + rng.normal(size=transitions.shape)
+        start = start + rng.normal(size=start.shape)
+
+    def total(scores, path):
+        moves = sum(transitions[a, b] for a, b in zip(path[:-1], path[1:]))
+        return (
+            start[path[0]]
+            + scores[np.arange(len(path)), list(path)].sum()
+            + moves
+        )
+
     for n in (1, 2, 3, 4):
         for _ in range(20):
-            log_probs = np.log(rng.dirichlet(np.ones(5), size=n))
-            best = max(
-                (
-                    p
-                    for p in itertools.product(range(5), repeat=n)
-                    if _valid(p, allowed, allowed_start)
-                ),
-                key=lambda p: log_probs[np.arange(n), list(p)].sum(),
-            )
-            path = tagging.viterbi_decode(log_probs, allowed, allowed_start)
+            scores = np.log(rng.dirichlet(np.ones(5), size=n))
+            valid = [
+                p
+                for p in itertools.product(range(5), repeat=n)
+                if _valid(p, allowed, allowed_start)
+            ]
+            best = max(valid, key=lambda p: total(scores, p))
+            path = tagging.viterbi_decode(scores, transitions, start)
             assert tuple(path.tolist()) == best
-    assert tagging.viterbi_decode(
-        np.zeros((0, 5)), allowed, allowed_start
-    ).shape == (0,)
+    empty = tagging.viterbi_decode(np.zeros((0, 5)), transitions, start)
+    assert empty.shape == (0,)
 
 
 def test_viterbi_repairs_an_invalid_argmax():
-    allowed, allowed_start = tagging.allowed_transitions(TAGS)
     probs = np.full((3, len(TAGS)), 0.01)
     probs[0, TAGS.index("O")] = 0.9
     probs[1, TAGS.index("I-PER")] = 0.5  # argmax: O, I-PER, I-PER
     probs[1, TAGS.index("B-PER")] = 0.4
     probs[2, TAGS.index("I-PER")] = 0.9
-    path = tagging.viterbi_decode(np.log(probs), allowed, allowed_start)
+    path = tagging.viterbi_decode(
+        np.log(probs), *tagging.constraint_scores(TAGS)
+    )
     assert [TAGS[i] for i in path] == ["O", "B-PER", "I-PER"]
 
 
