@@ -1,6 +1,6 @@
 """Train a CoNLL-2003 named-entity tagger from keras-selfattn layers.
 
-    python recipes/ner.py                          # full run (~11 min, CPU)
+    python recipes/ner.py                          # full run (~12 min, CPU)
     python recipes/ner.py --smoke                  # whole path, tiny slice
     python recipes/ner.py --data my_conll/         # train/valid/test.txt
     python recipes/ner.py --init all-MiniLM-L6-v2  # fine-tune a pretrained
@@ -22,10 +22,11 @@ no gain). They are projected to the model width, mixed with the
 neighbouring tokens by a width-3 convolution and go through Transformer
 encoder blocks to tag scores for a linear-chain CRF (`recipes/crf.py`),
 trained on whole tag sequences (`--output softmax`: per-token softmax
-instead). Training replaces a quarter of the tokens by [UNK]
+instead). Training replaces half of the tokens by [UNK]
 (`--word-dropout`). Decoding keeps the best tag sequence that is valid
-IOB2 (Viterbi; `I-X` only after `B-X` or `I-X`). `--context document` packs consecutive sentences of a document
-into one row instead of one sentence per row.
+IOB2 (Viterbi; `I-X` only after `B-X` or `I-X`). `--context document`
+packs consecutive sentences of a document into one row instead of one
+sentence per row.
 
 `--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
 pretrained encoder instead (`keras_selfattn.pretrained`), with its own
@@ -63,13 +64,14 @@ import tagging
 from keras_selfattn import text
 
 DEFAULTS = {
-    "epochs": 10,
+    "epochs": 12,
     "batch_size": 32,
     "max_length": 192,
     "vocab_size": 12000,
     "learning_rate": 1e-3,
     "dropout": 0.3,
-    "word_dropout": 0.25,
+    "word_dropout": 0.5,
+    "weight_decay": 0.05,
     "context": "sentence",
     "output": "crf",
 }
@@ -88,6 +90,7 @@ INIT_DEFAULTS = {
     "learning_rate": 2e-4,
     "dropout": 0.1,
     "word_dropout": 0.0,
+    "weight_decay": 0.01,
     "context": "document",
     "output": "softmax",
 }
@@ -102,7 +105,7 @@ def parse_args(argv=None):
         "--data", help="directory with your own train/valid/test.txt"
     )
     # Defaults of these depend on --smoke and --init (see *DEFAULTS).
-    parser.add_argument("--epochs", type=int, help="default 10 (--init 3)")
+    parser.add_argument("--epochs", type=int, help="default 12 (--init 3)")
     parser.add_argument("--batch-size", type=int, help="default 32 (--init 8)")
     parser.add_argument("--max-length", type=int, help="default 192")
     parser.add_argument("--vocab-size", type=int, help="default 12000")
@@ -116,7 +119,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--word-dropout",
         type=float,
-        help="fraction of training tokens replaced by [UNK]; default 0.25 "
+        help="fraction of training tokens replaced by [UNK]; default 0.5 "
         "(--init 0)",
     )
     parser.add_argument(
@@ -158,7 +161,9 @@ def parse_args(argv=None):
     parser.add_argument(
         "--learning-rate", type=float, help="default 1e-3 (--init 2e-4)"
     )
-    parser.add_argument("--weight-decay", type=float, default=0.01)
+    parser.add_argument(
+        "--weight-decay", type=float, help="AdamW's; default 0.05 (--init 0.01)"
+    )
     parser.add_argument("--patience", type=int, default=3)
     args = common.parse_recipe_args(
         parser, argv, DEFAULTS, SMOKE_DEFAULTS, INIT_DEFAULTS

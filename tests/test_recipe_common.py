@@ -185,8 +185,9 @@ def test_defaults_layer_smoke_then_init_then_plain():
     assert (plain.learning_rate, plain.context, plain.epochs) == (
         1e-3,
         "sentence",
-        10,
+        12,
     )
+    assert (plain.output, plain.weight_decay) == ("crf", 0.05)
     init = ner.parse_args(["--init", "all-MiniLM-L6-v2"])
     for name, value in ner.INIT_DEFAULTS.items():
         assert getattr(init, name) == value, name
