@@ -199,19 +199,24 @@ class LinearChainCRF(keras.layers.Layer):
         }
 
 
+def find_crf(model):
+    """The model's `LinearChainCRF` layer, or None."""
+    found = [x for x in model.layers if isinstance(x, LinearChainCRF)]
+    return found[0] if found else None
+
+
 @keras.saving.register_keras_serializable(package="keras_selfattn_recipes")
 class CRFTagger(keras.Model):
-    """A functional tagger whose output layer is a `LinearChainCRF` named
-    "crf": trained by the CRF's sequence negative log-likelihood, averaged
-    over the labelled tokens of the batch (so its scale matches a per-token
+    """A functional tagger with a `LinearChainCRF` on its output, trained
+    by the CRF's sequence negative log-likelihood averaged over the
+    labelled tokens of the batch (so its scale matches a per-token
     cross-entropy). Build it like `keras.Model(inputs, outputs)`; compile
     it with no `loss`."""
 
     def compute_loss(
         self, x=None, y=None, y_pred=None, sample_weight=None, training=True
     ):
-        crf = self.get_layer("crf")
-        total = ops.sum(crf.negative_log_likelihood(y, y_pred))
+        total = ops.sum(find_crf(self).negative_log_likelihood(y, y_pred))
         tokens = ops.sum(
             ops.cast(ops.not_equal(y, text.IGNORE_INDEX), "float32")
         )

@@ -322,18 +322,19 @@ def build_model(args, vocab_size, tag_names, encoder=None):
         if features:
             x = keras.layers.Concatenate(name="features")([x, *features])
         x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)
-    if args.output == "softmax":
-        probabilities = keras.layers.Dense(
-            len(tag_names), activation="softmax", dtype="float32", name="tags"
-        )(x)
-        return keras.Model(inputs, probabilities, name="ner_tagger")
-    emissions = keras.layers.Dense(
-        len(tag_names), dtype="float32", name="tags"
+    softmax = args.output == "softmax"
+    scores = keras.layers.Dense(
+        len(tag_names),
+        activation="softmax" if softmax else None,
+        dtype="float32",
+        name="tags",
     )(x)
-    emissions = crf.LinearChainCRF(
+    if softmax:
+        return keras.Model(inputs, scores, name="ner_tagger")
+    scores = crf.LinearChainCRF(
         *tagging.allowed_transitions(tag_names), name="crf"
-    )(emissions)
-    return crf.CRFTagger(inputs, emissions, name="ner_tagger")
+    )(scores)
+    return crf.CRFTagger(inputs, scores, name="ner_tagger")
 
 
 def word_features(inputs, args):
@@ -433,16 +434,10 @@ def compile_model(model, args, steps):
 # ---------------------------------------------------------------- decode
 
 
-def crf_layer(model):
-    """The model's `crf.LinearChainCRF`, or None (a softmax tagger)."""
-    found = [x for x in model.layers if isinstance(x, crf.LinearChainCRF)]
-    return found[0] if found else None
-
-
 def chain_scores(model, tag_names):
     """`(transitions, start)` for Viterbi: the CRF's learned scores, or
     only the IOB2 constraints for a softmax tagger."""
-    layer = crf_layer(model)
+    layer = crf.find_crf(model)
     if layer is None:
         return tagging.constraint_scores(tag_names)
     return layer.transition_scores()
@@ -453,7 +448,7 @@ def predict_scores(model, inputs, batch_size, buckets):
     log-probabilities) for the rows of `inputs`, run in length-sorted
     batches padded to buckets (zeros beyond each bucket)."""
     outputs = predict_outputs(model, inputs, batch_size, buckets)
-    if crf_layer(model) is None:
+    if crf.find_crf(model) is None:
         outputs = np.log(np.maximum(outputs, 1e-12))
     return outputs
 
