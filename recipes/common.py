@@ -282,11 +282,12 @@ def plot_learning_curves(history, path, metrics):
     plt.close(fig)
 
 
-def recipe_parser(description, run_dir, predict_help):
+def recipe_parser(description, run_dir, predict_help, default_init=None):
     """The recipes' shared command line: training options `--output-dir`,
-    `--seed`, `--smoke`, `--distribute`, `--mesh`, and a `predict`
-    subcommand with `texts` and `--model-dir`. Returns
-    `(parser, predict_parser)` to add to."""
+    `--seed`, `--smoke`, `--init` (default `default_init`; `none` trains
+    from scratch), `--distribute`, `--mesh`, and a `predict` subcommand
+    with `texts` and `--model-dir`. Returns `(parser, predict_parser)` to
+    add to."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawTextHelpFormatter
     )
@@ -299,15 +300,17 @@ def recipe_parser(description, run_dir, predict_help):
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="whole path on a tiny slice, in well under a minute",
+        help="whole path on a tiny slice, in a minute or two",
     )
     parser.add_argument(
         "--init",
         metavar="CHECKPOINT",
-        help="fine-tune a pretrained BERT-family encoder instead of training "
-        "from scratch: all-MiniLM-L6-v2 or a checkpoint directory "
-        "(config.json, model.safetensors, tokenizer.json); its tokenizer "
-        "replaces the trained one and the width/layer options do not apply",
+        default=default_init,
+        help="fine-tune a pretrained BERT-family encoder: all-MiniLM-L6-v2 "
+        "or a checkpoint directory (config.json, model.safetensors, "
+        "tokenizer.json); its tokenizer replaces the trained one and the "
+        "width/layer options do not apply. 'none' trains from scratch. "
+        f"Default: {default_init or 'none'}",
     )
     parser.add_argument(
         "--distribute",
@@ -349,6 +352,8 @@ def parse_recipe_args(
     `smoke_defaults` under `--smoke`, then `init_defaults` under `--init`,
     then `defaults`."""
     args = parser.parse_args(argv)
+    if getattr(args, "init", None) and args.init.lower() == "none":
+        args.init = None
     layers = [smoke_defaults] if args.smoke else []
     if getattr(args, "init", None) and init_defaults:
         layers.append(init_defaults)

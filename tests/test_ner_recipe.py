@@ -100,6 +100,8 @@ def trained(tmp_path_factory):
         smoke_args(
             tmp,
             out,
+            "--init",
+            "none",
             "--embedding-dim",
             "32",
             "--intermediate-dim",

@@ -181,18 +181,24 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
 def test_defaults_layer_smoke_then_init_then_plain():
     import ner
 
-    plain = ner.parse_args([])
-    assert (plain.learning_rate, plain.context, plain.epochs) == (
-        1e-3,
-        "sentence",
-        12,
-    )
-    assert (plain.output, plain.weight_decay) == ("crf", 0.05)
-    init = ner.parse_args(["--init", "all-MiniLM-L6-v2"])
+    plain = ner.parse_args([])  # fine-tunes the default checkpoint
+    assert plain.init == ner.DEFAULT_INIT == "all-MiniLM-L6-v2"
     for name, value in ner.INIT_DEFAULTS.items():
-        assert getattr(init, name) == value, name
-    assert init.max_length == ner.DEFAULTS["max_length"]  # not overridden
+        assert getattr(plain, name) == value, name
+    assert plain.max_length == ner.DEFAULTS["max_length"]  # not overridden
+    for spelling in ("none", "None"):
+        scratch = ner.parse_args(["--init", spelling])
+        assert scratch.init is None
+        for name, value in ner.DEFAULTS.items():
+            assert getattr(scratch, name) == value, name
     chosen = ner.parse_args(["--init", "x", "--epochs", "5", "--smoke"])
+    assert chosen.init == "x"
     assert chosen.epochs == 5  # explicit beats every default
     assert chosen.batch_size == ner.SMOKE_DEFAULTS["batch_size"]
     assert chosen.learning_rate == ner.INIT_DEFAULTS["learning_rate"]
+
+
+def test_sentiment_trains_from_scratch_by_default():
+    import sentiment
+
+    assert sentiment.parse_args([]).init is None
