@@ -345,6 +345,31 @@ def mesh_shape(text):
     return shape
 
 
+def default_notes(defaults, init_defaults, default_init=None):
+    """`note(name)` -> the help text's default for an option whose value
+    depends on `--init`: what a plain run takes, then the other mode's
+    value where it differs, read from the same dicts that
+    `parse_recipe_args` applies.
+
+    >>> note = default_notes({"epochs": 12, "dropout": 0.1}, {"epochs": 2})
+    >>> note("epochs"), note("dropout")
+    ('default 12 (--init: 2)', 'default 0.1')
+    """
+    fine_tuning = {**defaults, **init_defaults}
+    if default_init:
+        plain, other, flag = fine_tuning, defaults, "--init none"
+    else:
+        plain, other, flag = defaults, fine_tuning, "--init"
+
+    def note(name):
+        parts = [f"default {plain[name]}"] if name in plain else []
+        if name in other and other[name] != plain.get(name):
+            parts.append(f"({flag}: {other[name]})")
+        return " ".join(parts)
+
+    return note
+
+
 def parse_recipe_args(
     parser, argv, defaults, smoke_defaults, init_defaults=None
 ):
@@ -352,10 +377,11 @@ def parse_recipe_args(
     `smoke_defaults` under `--smoke`, then `init_defaults` under `--init`,
     then `defaults`."""
     args = parser.parse_args(argv)
-    if getattr(args, "init", None) and args.init.lower() == "none":
-        args.init = None
+    init = getattr(args, "init", None)
+    if init and init.lower() == "none":
+        args.init = init = None
     layers = [smoke_defaults] if args.smoke else []
-    if getattr(args, "init", None) and init_defaults:
+    if init and init_defaults:
         layers.append(init_defaults)
     for values in layers + [defaults]:
         for name, value in values.items():

@@ -112,26 +112,21 @@ def parse_args(argv=None):
         "--data", help="directory with your own train/valid/test.txt"
     )
     # Defaults of these depend on --smoke and --init (see *DEFAULTS).
-    parser.add_argument(
-        "--epochs", type=int, help="default 2 (--init none: 12)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, help="default 8 (--init none: 32)"
-    )
-    parser.add_argument("--max-length", type=int, help="default 192")
-    parser.add_argument("--vocab-size", type=int, help="default 12000")
+    note = common.default_notes(DEFAULTS, INIT_DEFAULTS, DEFAULT_INIT)
+    parser.add_argument("--epochs", type=int, help=note("epochs"))
+    parser.add_argument("--batch-size", type=int, help=note("batch_size"))
+    parser.add_argument("--max-length", type=int, help=note("max_length"))
+    parser.add_argument("--vocab-size", type=int, help=note("vocab_size"))
     parser.add_argument("--embedding-dim", type=int, default=128)
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--intermediate-dim", type=int, default=256)
-    parser.add_argument(
-        "--dropout", type=float, help="default 0.1 (--init none: 0.3)"
-    )
+    parser.add_argument("--dropout", type=float, help=note("dropout"))
     parser.add_argument(
         "--word-dropout",
         type=float,
-        help="fraction of training tokens replaced by [UNK]; default 0 "
-        "(--init none: 0.5)",
+        help="fraction of training tokens replaced by [UNK]; "
+        + note("word_dropout"),
     )
     parser.add_argument(
         "--features",
@@ -156,26 +151,25 @@ def parse_args(argv=None):
         "--context",
         choices=("sentence", "document"),
         help="what a model row holds: consecutive sentences of a document "
-        "up to --max-length tokens, or one sentence; default document "
-        "(--init none: sentence)",
+        "up to --max-length tokens, or one sentence; " + note("context"),
     )
     parser.add_argument(
         "--output",
         choices=("crf", "softmax"),
         help="tag output: a linear-chain CRF trained on whole tag sequences, "
         "or a per-token softmax; decoding is Viterbi over valid IOB2 either "
-        "way; default softmax (--init none: crf)",
+        "way; " + note("output"),
     )
     parser.add_argument("--char-dim", type=int, default=32)
     parser.add_argument("--char-filters", type=int, default=64)
     parser.add_argument("--max-word-bytes", type=int, default=20)
     parser.add_argument(
-        "--learning-rate", type=float, help="default 2e-4 (--init none: 1e-3)"
+        "--learning-rate", type=float, help=note("learning_rate")
     )
     parser.add_argument(
         "--weight-decay",
         type=float,
-        help="AdamW's; default 0.01 (--init none: 0.05)",
+        help="AdamW's; " + note("weight_decay"),
     )
     parser.add_argument("--patience", type=int, default=3)
     args = common.parse_recipe_args(

@@ -120,28 +120,27 @@ def parse_args(argv=None):
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
     # Defaults of these depend on --smoke and --init (see *DEFAULTS).
-    parser.add_argument("--epochs", type=int, help="default 2 (--init 1)")
-    parser.add_argument("--batch-size", type=int, help="default 32 (--init 16)")
-    parser.add_argument(
-        "--max-length", type=int, help="default 512 (--init 128)"
-    )
+    note = common.default_notes(DEFAULTS, INIT_DEFAULTS)
+    parser.add_argument("--epochs", type=int, help=note("epochs"))
+    parser.add_argument("--batch-size", type=int, help=note("batch_size"))
+    parser.add_argument("--max-length", type=int, help=note("max_length"))
     parser.add_argument(
         "--train-size",
         type=int,
         help="train on this many reviews of the training split (default "
-        "all; --init 4000)",
+        f"all) {note('train_size')}",
     )
     parser.add_argument(
         "--test-size",
         type=int,
-        help="score this many test reviews (default all; --init 5000)",
+        help=f"score this many test reviews (default all) {note('test_size')}",
     )
-    parser.add_argument("--vocab-size", type=int, help="default 20000")
+    parser.add_argument("--vocab-size", type=int, help=note("vocab_size"))
     parser.add_argument("--embedding-dim", type=int, default=64)
     parser.add_argument("--num-layers", type=int, default=1)
     parser.add_argument("--num-heads", type=int, default=2)
     parser.add_argument("--intermediate-dim", type=int, default=128)
-    parser.add_argument("--dropout", type=float, help="default 0.1")
+    parser.add_argument("--dropout", type=float, help=note("dropout"))
     parser.add_argument(
         "--attention-dropout",
         type=float,
@@ -156,7 +155,7 @@ def parse_args(argv=None):
         help="attention implementation (default auto)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, help="default 1e-3 (--init 1e-4)"
+        "--learning-rate", type=float, help=note("learning_rate")
     )
     parser.add_argument(
         "--short-crops",

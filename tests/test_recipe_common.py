@@ -1,5 +1,6 @@
 """Recipe plumbing: bucketed batches, crops, atomic saves."""
 
+import doctest
 import sys
 from pathlib import Path
 
@@ -202,3 +203,19 @@ def test_sentiment_trains_from_scratch_by_default():
     import sentiment
 
     assert sentiment.parse_args([]).init is None
+
+
+def test_help_gives_the_defaults_the_run_applies(capsys):
+    import ner
+
+    with pytest.raises(SystemExit):
+        ner.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    epochs = ner.INIT_DEFAULTS["epochs"], ner.DEFAULTS["epochs"]
+    assert "default {} (--init none: {})".format(*epochs) in text
+    # Options only the from-scratch mode sets say nothing of --init none.
+    assert f"default {ner.DEFAULTS['vocab_size']} " in text
+    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
+    for test in finder.find(common.default_notes, "default_notes"):
+        runner.run(test)
+    assert runner.failures == 0 and runner.tries > 0
