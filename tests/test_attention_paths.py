@@ -178,23 +178,39 @@ def test_blockwise_gradient_memory_grows_linearly():
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="dynamic graph shapes")
 def test_blockwise_with_unknown_length_in_a_graph():
+    # The key length is known only at run time: keys are padded up to a
+    # whole block in-graph, and the padding masked, forward and backward.
     import tensorflow as tf
 
     spec = tf.TensorSpec((1, None, 2, 8), tf.float32)
 
-    @tf.function(input_signature=[spec, spec])
-    def attend(query, key):
-        return scaled_dot_product_attention(
-            query, key, key, implementation="blockwise"
-        )
+    @tf.function(input_signature=[spec, spec, spec])
+    def attend_and_grads(query, key, upstream):
+        with tf.GradientTape() as tape:
+            tape.watch([query, key])
+            output = scaled_dot_product_attention(
+                query, key, key, implementation="blockwise"
+            )
+            total = tf.reduce_sum(output * upstream)
+        return output, tape.gradient(total, [query, key])
 
     rng = np.random.default_rng(3)
     for length in (7, 2 * BLOCK_SIZE + 3):
         query = rng.standard_normal((1, 5, 2, 8)).astype("float32")
         key = rng.standard_normal((1, length, 2, 8)).astype("float32")
+        upstream = rng.standard_normal((1, 5, 2, 8)).astype("float32")
+        output, (grad_query, grad_key) = attend_and_grads(query, key, upstream)
         want, _ = numpy_attention(query, key, key)
+        np.testing.assert_allclose(to_numpy(output), want, atol=1e-5, rtol=1e-5)
+        want_query, want_key, want_value = numpy_attention_grads(
+            query, key, key, upstream
+        )
         np.testing.assert_allclose(
-            to_numpy(attend(query, key)), want, atol=1e-5, rtol=1e-5
+            to_numpy(grad_query), want_query, atol=2e-5, rtol=1e-4
+        )
+        # The key tensor is also the value: its gradient is the sum.
+        np.testing.assert_allclose(
+            to_numpy(grad_key), want_key + want_value, atol=2e-5, rtol=1e-4
         )
 
 

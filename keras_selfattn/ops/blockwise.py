@@ -138,37 +138,70 @@ def _backward(
     block_mask,
     block_size,
 ):
-    """Gradients of query, key and value, recomputing each tile."""
+    """Gradients of query, key and value, recomputing each tile.
+
+    Tiles are kept keys-major, `(B, H, block, T)`: every product then reads
+    its large operands in row-major order, and only the whole-length
+    inputs are transposed, once per call, not once per block. (Reading a
+    `(T, block)` tile down its columns made the CPU kernels ~1.6x slower.)
+    """
     upstream = ops.cast(upstream, "float32")
-    # d softmax: dS = P * (dP - rowsum(dO * O)).
-    row_dot = ops.sum(upstream * output, -1, keepdims=True)
-    grad_query = ops.zeros_like(query)
+    # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
+    # `(B, H, 1, T)`, to broadcast over keys-major tiles.
+    row_dot = ops.swapaxes(
+        ops.sum(upstream * output, -1, keepdims=True), -1, -2
+    )
+    log_sum_exp = ops.swapaxes(log_sum_exp, -1, -2)
+    query_t, upstream_t, key_t = (
+        ops.swapaxes(tensor, -1, -2) for tensor in (query, upstream, key)
+    )
+    grad_query_t = ops.zeros_like(query_t)
     grad_key = ops.zeros_like(key)
     grad_value = ops.zeros_like(value)
 
     def backward_block(start, mask, carry):
-        grad_query, grad_key, grad_value = carry
-        key_block = _key_block(key, start, block_size)
-        logits = _tile_logits(query, key_block, mask)
-        probs = _masked_exp(logits - log_sum_exp, mask)
-        grad_value_block = ops.matmul(ops.swapaxes(probs, -1, -2), upstream)
-        grad_probs = ops.matmul(
-            upstream,
-            ops.swapaxes(_key_block(value, start, block_size), -1, -2),
+        grad_query_t, grad_key, grad_value = carry
+        logits_t = ops.matmul(_key_block(key, start, block_size), query_t)
+        if mask is not None:
+            logits_t = ops.where(_keys_major(mask), logits_t, MASKED_LOGIT)
+        # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
+        # log-sum-exp, or minus an empty row's _EMPTY_ROW_LSE, underflows.
+        probs_t = ops.exp(logits_t - log_sum_exp)
+        grad_value_block = ops.matmul(probs_t, upstream)
+        grad_probs_t = ops.matmul(
+            _key_block(value, start, block_size), upstream_t
         )
-        grad_logits = probs * (grad_probs - row_dot)
-        grad_query = grad_query + ops.matmul(grad_logits, key_block)
-        grad_key_block = ops.matmul(ops.swapaxes(grad_logits, -1, -2), query)
+        grad_logits_t = probs_t * (grad_probs_t - row_dot)
+        grad_query_t = grad_query_t + ops.matmul(
+            _key_block_t(key_t, start, block_size), grad_logits_t
+        )
+        grad_key_block = ops.matmul(grad_logits_t, query)
         at = (0, 0, start, 0)
         grad_key = ops.slice_update(grad_key, at, grad_key_block)
         grad_value = ops.slice_update(grad_value, at, grad_value_block)
-        return grad_query, grad_key, grad_value
+        return grad_query_t, grad_key, grad_value
 
-    return ops.fori_loop(
+    grad_query_t, grad_key, grad_value = ops.fori_loop(
         0,
         _num_blocks(key, block_size),
         _skipping_masked_blocks(backward_block, block_mask, block_size),
-        (grad_query, grad_key, grad_value),
+        (grad_query_t, grad_key, grad_value),
+    )
+    return ops.swapaxes(grad_query_t, -1, -2), grad_key, grad_value
+
+
+def _keys_major(mask):
+    """A tile mask broadcastable to `(..., T, block)` -> `(..., block, T)`."""
+    if len(mask.shape) < 2:  # `(block,)`: the same for every query
+        return ops.expand_dims(mask, -1)
+    return ops.swapaxes(mask, -1, -2)
+
+
+def _key_block_t(key_t, start, block_size):
+    """Columns `start .. start + block_size - 1` of `(B, H, D, S)` keys."""
+    shape = ops.shape(key_t)
+    return ops.slice(
+        key_t, (0, 0, 0, start), (shape[0], shape[1], shape[2], block_size)
     )
 
 
