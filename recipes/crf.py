@@ -24,6 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
+import tagging
+
 from keras_selfattn import text
 
 # Score of a forbidden transition: large enough that no path uses one, and
@@ -176,9 +178,8 @@ class LinearChainCRF(keras.layers.Layer):
         """`(transitions, start)` as NumPy arrays for Viterbi decoding,
         forbidden moves at `-inf`."""
         transitions, start = (ops.convert_to_numpy(s) for s in self.scores())
-        return (
-            np.where(self.allowed, transitions, -np.inf),
-            np.where(self.allowed_start, start, -np.inf),
+        return tagging.forbid_moves(
+            transitions, start, self.allowed, self.allowed_start
         )
 
     def negative_log_likelihood(self, tags, emissions):

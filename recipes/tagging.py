@@ -110,10 +110,20 @@ def constraint_scores(tag_names):
     """`(transitions (C, C), start (C,))` scores that only forbid the
     invalid IOB2 moves: 0 where allowed, `-inf` where not (the transition
     scores of a tagger without learned ones)."""
-    allowed, allowed_start = allowed_transitions(tag_names)
+    return forbid_moves(0.0, 0.0, *allowed_transitions(tag_names))
+
+
+def forbid_moves(transitions, start, allowed, allowed_start):
+    """`(transitions, start)` move scores with the moves that `allowed` and
+    `allowed_start` forbid set to `-inf`, as `viterbi_decode` takes them.
+
+    >>> forbid_moves(np.ones((2, 2)), 0.0, np.eye(2, dtype=bool), [1, 0])
+    (array([[  1., -inf],
+           [-inf,   1.]]), array([  0., -inf]))
+    """
     return (
-        np.where(allowed, 0.0, -np.inf),
-        np.where(allowed_start, 0.0, -np.inf),
+        np.where(allowed, transitions, -np.inf),
+        np.where(allowed_start, start, -np.inf),
     )
 
 
