@@ -72,11 +72,12 @@ def _num_blocks(key, block_size):
     return length // block_size
 
 
-def _key_block(tensor, start, block_size):
-    shape = ops.shape(tensor)
-    return ops.slice(
-        tensor, (0, 0, start, 0), (shape[0], shape[1], block_size, shape[3])
-    )
+def _key_block(tensor, start, block_size, axis=2):
+    """Keys `start .. start + block_size - 1` of a 4-D tensor whose keys
+    run along `axis` (2 for `(B, H, S, D)`, 3 for transposed keys)."""
+    begin, size = [0, 0, 0, 0], list(ops.shape(tensor))
+    begin[axis], size[axis] = start, block_size
+    return ops.slice(tensor, begin, size)
 
 
 def _tile_logits(query, key_block, mask):
@@ -173,7 +174,7 @@ def _backward(
         )
         grad_logits_t = probs_t * (grad_probs_t - row_dot)
         grad_query_t = grad_query_t + ops.matmul(
-            _key_block_t(key_t, start, block_size), grad_logits_t
+            _key_block(key_t, start, block_size, axis=3), grad_logits_t
         )
         grad_key_block = ops.matmul(grad_logits_t, query)
         at = (0, 0, start, 0)
@@ -195,14 +196,6 @@ def _keys_major(mask):
     if len(mask.shape) < 2:  # `(block,)`: the same for every query
         return ops.expand_dims(mask, -1)
     return ops.swapaxes(mask, -1, -2)
-
-
-def _key_block_t(key_t, start, block_size):
-    """Columns `start .. start + block_size - 1` of `(B, H, D, S)` keys."""
-    shape = ops.shape(key_t)
-    return ops.slice(
-        key_t, (0, 0, 0, start), (shape[0], shape[1], shape[2], block_size)
-    )
 
 
 def _skipping_masked_blocks(block_step, block_mask, block_size):
