@@ -72,11 +72,10 @@ def _num_blocks(key, block_size):
     return length // block_size
 
 
-def _key_block(tensor, start, block_size, axis=2):
-    """Keys `start .. start + block_size - 1` of a 4-D tensor whose keys
-    run along `axis` (2 for `(B, H, S, D)`, 3 for transposed keys)."""
-    begin, size = [0, 0, 0, 0], list(ops.shape(tensor))
-    begin[axis], size[axis] = start, block_size
+def _key_block(tensor, start, block_size):
+    """Keys `start .. start + block_size - 1` of a `(B, H, S, D)` tensor."""
+    begin = (0, 0, start, 0)
+    size = ops.shape(tensor)[:2] + (block_size, ops.shape(tensor)[3])
     return ops.slice(tensor, begin, size)
 
 
@@ -143,8 +142,9 @@ def _backward(
 
     Tiles are kept keys-major, `(B, H, block, T)`: every product then reads
     its large operands in row-major order, and only the whole-length
-    inputs are transposed, once per call, not once per block. (Reading a
-    `(T, block)` tile down its columns made the CPU kernels ~1.6x slower.)
+    query and upstream gradient are transposed, once per call, not once
+    per block. (Reading a `(T, block)` tile down its columns made the CPU
+    kernels ~1.6x slower.)
     """
     upstream = ops.cast(upstream, "float32")
     # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
@@ -153,8 +153,8 @@ def _backward(
         ops.sum(upstream * output, -1, keepdims=True), -1, -2
     )
     log_sum_exp = ops.swapaxes(log_sum_exp, -1, -2)
-    query_t, upstream_t, key_t = (
-        ops.swapaxes(tensor, -1, -2) for tensor in (query, upstream, key)
+    query_t, upstream_t = (
+        ops.swapaxes(tensor, -1, -2) for tensor in (query, upstream)
     )
     grad_query_t = ops.zeros_like(query_t)
     grad_key = ops.zeros_like(key)
@@ -162,7 +162,8 @@ def _backward(
 
     def backward_block(start, mask, carry):
         grad_query_t, grad_key, grad_value = carry
-        logits_t = ops.matmul(_key_block(key, start, block_size), query_t)
+        key_block = _key_block(key, start, block_size)
+        logits_t = ops.matmul(key_block, query_t)
         if mask is not None:
             logits_t = ops.where(_keys_major(mask), logits_t, MASKED_LOGIT)
         # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
@@ -173,8 +174,8 @@ def _backward(
             _key_block(value, start, block_size), upstream_t
         )
         grad_logits_t = probs_t * (grad_probs_t - row_dot)
-        grad_query_t = grad_query_t + ops.matmul(
-            _key_block(key_t, start, block_size, axis=3), grad_logits_t
+        grad_query_t = grad_query_t + ops.einsum(
+            "bhsd,bhst->bhdt", key_block, grad_logits_t
         )
         grad_key_block = ops.matmul(grad_logits_t, query)
         at = (0, 0, start, 0)
