@@ -74,13 +74,14 @@ def _num_blocks(key, block_size):
 
 def _key_block(tensor, start, block_size):
     """Keys `start .. start + block_size - 1` of a `(B, H, S, D)` tensor."""
-    begin = (0, 0, start, 0)
-    size = ops.shape(tensor)[:2] + (block_size, ops.shape(tensor)[3])
-    return ops.slice(tensor, begin, size)
+    batch, heads, _, depth = ops.shape(tensor)
+    return ops.slice(
+        tensor, (0, 0, start, 0), (batch, heads, block_size, depth)
+    )
 
 
-def _tile_logits(query, key_block, mask):
-    logits = ops.matmul(query, ops.swapaxes(key_block, -1, -2))
+def _masked_logits(logits, mask):
+    """A tile of logits with MASKED_LOGIT where `mask` is False."""
     if mask is None:
         return logits
     return ops.where(mask, logits, MASKED_LOGIT)
@@ -103,7 +104,10 @@ def _forward(query, key, value, block_mask, block_size):
 
     def attend_block(start, mask, carry):
         output, row_max, row_sum = carry
-        logits = _tile_logits(query, _key_block(key, start, block_size), mask)
+        key_block = _key_block(key, start, block_size)
+        logits = _masked_logits(
+            ops.matmul(query, ops.swapaxes(key_block, -1, -2)), mask
+        )
         new_max = ops.maximum(row_max, ops.max(logits, -1, keepdims=True))
         probs = _masked_exp(logits - new_max, mask)
         rescale = ops.exp(row_max - new_max)
@@ -163,9 +167,9 @@ def _backward(
     def backward_block(start, mask, carry):
         grad_query_t, grad_key, grad_value = carry
         key_block = _key_block(key, start, block_size)
-        logits_t = ops.matmul(key_block, query_t)
-        if mask is not None:
-            logits_t = ops.where(_keys_major(mask), logits_t, MASKED_LOGIT)
+        logits_t = _masked_logits(
+            ops.matmul(key_block, query_t), _keys_major(mask)
+        )
         # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
         # log-sum-exp, or minus an empty row's _EMPTY_ROW_LSE, underflows.
         probs_t = ops.exp(logits_t - log_sum_exp)
@@ -194,6 +198,8 @@ def _backward(
 
 def _keys_major(mask):
     """A tile mask broadcastable to `(..., T, block)` -> `(..., block, T)`."""
+    if mask is None:
+        return None
     if len(mask.shape) < 2:  # `(block,)`: the same for every query
         return ops.expand_dims(mask, -1)
     return ops.swapaxes(mask, -1, -2)
