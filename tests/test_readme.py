@@ -3,6 +3,11 @@
 import re
 from pathlib import Path
 
+import pytest
+
+# Needs no Keras backend: runs once per `make test`.
+pytestmark = pytest.mark.once
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

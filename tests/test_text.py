@@ -1,7 +1,6 @@
 """Tests of keras_selfattn.text (tokenizers pipeline); no Keras needed."""
 
 import ast
-import doctest
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +8,9 @@ import pytest
 import tokenizers
 
 from keras_selfattn import text
+
+# Needs no Keras backend: runs once per `make test`.
+pytestmark = pytest.mark.once
 
 
 @pytest.fixture(autouse=True)
@@ -500,15 +502,11 @@ def test_text_module_imports_no_keras():
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module)
-    # The shared argument checks are pure Python; nothing else of ours.
+    # The argument checks and the atomic write are pure Python; nothing
+    # else of ours.
     ours = {name for name in imported if name.startswith("keras_selfattn")}
-    assert ours <= {"keras_selfattn._validation"}, ours
+    assert ours <= {"keras_selfattn._validation", "keras_selfattn.downloads"}
     roots = {name.split(".")[0] for name in imported - ours}
-    allowed = {"collections", "hashlib", "json", "numbers", "os", "tempfile"}
-    allowed |= {"pathlib", "numpy", "tokenizers"}
+    allowed = {"collections", "hashlib", "json", "numbers", "pathlib"}
+    allowed |= {"numpy", "tokenizers"}
     assert roots <= allowed, roots
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(text)
-    assert result.attempted > 0 and result.failed == 0

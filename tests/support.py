@@ -1,0 +1,154 @@
+"""Helpers the tests share: the NumPy attention oracle, gradients and jit
+per backend, and fresh-process runs of scripts and recipes."""
+
+import os
+import re
+import subprocess
+import sys
+
+import keras
+import numpy as np
+
+BACKEND = keras.backend.backend()
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def later_backends():
+    """The backends after this one in `BACKENDS`: a cross-backend check
+    parametrized over them runs once per pair when the suite runs under
+    every backend."""
+    return [b for b in BACKENDS[BACKENDS.index(BACKEND) + 1 :]]
+
+
+def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
+    """Independent float64 reference for scaled dot-product attention.
+
+    Layout `(B, T, H, D)`; key/value heads are repeated for grouped queries.
+    Rows with no allowed key give zeros. Returns (output, probabilities).
+    """
+    query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
+    batch, q_len, heads, dim = query.shape
+    k_len, kv_heads = key.shape[1], key.shape[2]
+    key = np.repeat(key, heads // kv_heads, axis=2)
+    value = np.repeat(value, heads // kv_heads, axis=2)
+    scale = 1.0 / np.sqrt(dim) if scale is None else scale
+    logits = np.einsum("bthd,bshd->bhts", query, key) * scale
+    allowed = np.ones((batch, heads, q_len, k_len), bool)
+    if mask is not None:
+        allowed &= np.broadcast_to(np.asarray(mask).astype(bool), allowed.shape)
+    if is_causal:
+        allowed &= np.tril(np.ones((q_len, k_len), bool))
+    logits = np.where(allowed, logits, -np.inf)
+    row_max = logits.max(-1, keepdims=True)
+    row_max = np.where(np.isfinite(row_max), row_max, 0.0)
+    weights = np.exp(logits - row_max) * allowed
+    total = weights.sum(-1, keepdims=True)
+    probs = np.divide(
+        weights, total, out=np.zeros_like(weights), where=total > 0
+    )
+    return np.einsum("bhts,bshd->bthd", probs, value), probs
+
+
+def numpy_attention_grads(
+    query, key, value, upstream, mask=None, is_causal=False, scale=None
+):
+    """Float64 gradients of `sum(upstream * attention(q, k, v))`, by hand.
+
+    dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP));
+    dQ = scale dS K; dK = scale dS^T Q; grouped heads sum into their key
+    head. Returns (dq, dk, dv) in the inputs' layout.
+    """
+    _, probs = numpy_attention(query, key, value, mask, is_causal, scale)
+    query, key, value, upstream = (
+        np.asarray(t, np.float64) for t in (query, key, value, upstream)
+    )
+    heads, kv_heads = query.shape[2], key.shape[2]
+    groups = heads // kv_heads
+    scale = 1.0 / np.sqrt(query.shape[-1]) if scale is None else scale
+    key_rep = np.repeat(key, groups, axis=2)
+    value_rep = np.repeat(value, groups, axis=2)
+    grad_value = np.einsum("bhts,bthd->bshd", probs, upstream)
+    grad_probs = np.einsum("bthd,bshd->bhts", upstream, value_rep)
+    grad_logits = probs * (
+        grad_probs - (probs * grad_probs).sum(-1, keepdims=True)
+    )
+    grad_query = scale * np.einsum("bhts,bshd->bthd", grad_logits, key_rep)
+    grad_key = scale * np.einsum("bhts,bthd->bshd", grad_logits, query)
+
+    def sum_groups(grad):
+        batch, length = grad.shape[:2]
+        return grad.reshape(batch, length, kv_heads, groups, -1).sum(3)
+
+    return grad_query, sum_groups(grad_key), sum_groups(grad_value)
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
+
+
+def grads(fn, *args):
+    """Gradients of `sum(fn(*args))` with respect to every argument."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        variables = [tf.Variable(a) for a in args]
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(tf.cast(fn(*variables), tf.float32))
+        return [to_numpy(g) for g in tape.gradient(total, variables)]
+    if BACKEND == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def total(*a):
+            return jnp.sum(fn(*a).astype(jnp.float32))
+
+        argnums = tuple(range(len(args)))
+        return [to_numpy(g) for g in jax.grad(total, argnums)(*args)]
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in args]
+    fn(*tensors).float().sum().backward()
+    return [to_numpy(t.grad) for t in tensors]
+
+
+def jit(fn):
+    """Compile `fn` with the backend's compiler (XLA; torch.compile)."""
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    import torch
+
+    return torch.compile(fn)
+
+
+def reload_difference(stdout):
+    """The max |difference| a recipe printed after reloading its model.
+
+    Not always exactly 0: the trained model may have been traced with a
+    dynamic length (TensorFlow) and run another attention kernel than the
+    fresh reload, which rounds differently in the last bits.
+    """
+    match = re.search(r"reloaded .*: max \|difference\| (\S+)", stdout)
+    assert match, "the recipe did not report its reload check"
+    return float(match.group(1))
+
+
+def run_script(script, args, backend=BACKEND, stdin=None):
+    """Run a recipe script in a fresh process under `backend`; asserts it
+    succeeds and returns its stdout."""
+    env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
+    result = subprocess.run(
+        [sys.executable, str(script), *args],
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return result.stdout
