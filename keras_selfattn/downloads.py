@@ -54,15 +54,15 @@ class WheelSpec:
         version: exact version, e.g. `"1.0.8"`.
         sha256: expected hex digest of the wheel file.
         description: what the wheel is used for (shown in errors).
-        filename: the file name in the cache; by default the PEP 427 name
-            of a pure-Python wheel, `{name}-{version}-py3-none-any.whl`.
+
+    Its file in the cache has the PEP 427 name of a pure-Python wheel,
+    `{name}-{version}-py3-none-any.whl` (`wheel_filename`).
     """
 
     name: str
     version: str
     sha256: str
     description: str = ""
-    filename: str = ""
 
     @property
     def requirement(self):
@@ -70,8 +70,6 @@ class WheelSpec:
 
     @property
     def wheel_filename(self):
-        if self.filename:
-            return self.filename
         normalized = re.sub(r"[-_.]+", "_", self.name).lower()
         return f"{normalized}-{self.version}-py3-none-any.whl"
 

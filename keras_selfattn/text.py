@@ -47,7 +47,6 @@ SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, CLS_TOKEN, SEP_TOKEN, MASK_TOKEN)
 PAD_ID = 0
 IGNORE_INDEX = -100
 
-MODELS = ("wordpiece", "bpe", "unigram")
 TRUNCATION_STRATEGIES = ("head", "tail", "head+tail")
 # head+tail keeps the first quarter and the last three quarters of the
 # budget, after Sun et al. 2019 ("How to Fine-Tune BERT for Text
@@ -157,19 +156,12 @@ def _check_pad_id(tokenizer):
 # --------------------------------------------------------------------------
 
 
-def train_tokenizer(
-    texts,
-    vocab_size=16000,
-    model="wordpiece",
-    lowercase=True,
-    strip_accents=None,
-    min_frequency=2,
-    show_progress=False,
-):
-    """Train a BERT-style tokenizer on `texts` (pass the training split only).
+def train_tokenizer(texts, vocab_size=16000, lowercase=True, min_frequency=2):
+    """Train a BERT-style WordPiece tokenizer on `texts` (pass the training
+    split only).
 
     Normalizer: `BertNormalizer` (cleans control characters, spaces around
-    CJK characters, optional lowercasing, NFD + accent stripping);
+    CJK characters, optional lowercasing, NFD + accent stripping with it);
     pre-tokenizer: `BertPreTokenizer` (whitespace and punctuation); post
     processor: `[CLS] text [SEP]`. Special tokens get ids `[PAD]`=0,
     `[UNK]`=1, `[CLS]`=2, `[SEP]`=3, `[MASK]`=4.
@@ -177,17 +169,9 @@ def train_tokenizer(
     Args:
         texts: list of str.
         vocab_size: size of the vocabulary, special tokens included.
-        model: `"wordpiece"` (default), `"bpe"` (with a `##` continuation
-            prefix) or `"unigram"`. Measured on 5,000 IMDB reviews with a
-            16k vocabulary (2 shared CPU cores): training took 3.8 s
-            (WordPiece), 4.2 s (BPE), 9.3 s (Unigram); encoding 3,000
-            reviews ran at 1.71, 1.31 and 0.97 MB/s, giving 297, 297 and
-            393 tokens per review.
-        lowercase: lowercase the text (`False` for cased NER).
-        strip_accents: strip accents after NFD; `None` follows
-            `lowercase`, as in BERT.
-        min_frequency: minimum count of a merged pair (WordPiece and BPE).
-        show_progress: show the trainer's progress bar.
+        lowercase: lowercase the text (`False` for cased NER); accents are
+            stripped with it, as in BERT.
+        min_frequency: minimum count of a merged pair.
 
     Returns:
         A `tokenizers.Tokenizer`.
@@ -208,57 +192,25 @@ def train_tokenizer(
             f"`vocab_size` must be larger than the {len(SPECIAL_TOKENS)} "
             f"special tokens. Received: vocab_size={vocab_size}"
         )
-    check_choice("model", model, MODELS)
     min_frequency = check_positive_int("min_frequency", min_frequency)
 
     specials = list(SPECIAL_TOKENS)
-    bert_pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
-    if model == "wordpiece":
-        tokenizer = tokenizers.Tokenizer(
-            tokenizers.models.WordPiece(unk_token=UNK_TOKEN)
-        )
-        trainer = tokenizers.trainers.WordPieceTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=specials,
-            limit_alphabet=1000,
-            show_progress=show_progress,
-        )
-        tokenizer.pre_tokenizer = bert_pre_tokenizer
-        tokenizer.decoder = tokenizers.decoders.WordPiece(prefix="##")
-    elif model == "bpe":
-        tokenizer = tokenizers.Tokenizer(
-            tokenizers.models.BPE(
-                unk_token=UNK_TOKEN, continuing_subword_prefix="##"
-            )
-        )
-        trainer = tokenizers.trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            min_frequency=min_frequency,
-            special_tokens=specials,
-            limit_alphabet=1000,
-            continuing_subword_prefix="##",
-            show_progress=show_progress,
-        )
-        tokenizer.pre_tokenizer = bert_pre_tokenizer
-        tokenizer.decoder = tokenizers.decoders.WordPiece(prefix="##")
-    else:
-        tokenizer = tokenizers.Tokenizer(tokenizers.models.Unigram())
-        trainer = tokenizers.trainers.UnigramTrainer(
-            vocab_size=vocab_size,
-            special_tokens=specials,
-            unk_token=UNK_TOKEN,
-            show_progress=show_progress,
-        )
-        # Each word gets a leading "▁" so pieces decode back to words.
-        tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Sequence(
-            [bert_pre_tokenizer, tokenizers.pre_tokenizers.Metaspace()]
-        )
-        tokenizer.decoder = tokenizers.decoders.Metaspace()
+    tokenizer = tokenizers.Tokenizer(
+        tokenizers.models.WordPiece(unk_token=UNK_TOKEN)
+    )
+    trainer = tokenizers.trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        limit_alphabet=1000,
+        show_progress=False,
+    )
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = tokenizers.decoders.WordPiece(prefix="##")
     tokenizer.normalizer = tokenizers.normalizers.BertNormalizer(
         clean_text=True,
         handle_chinese_chars=True,
-        strip_accents=strip_accents,
+        strip_accents=None,  # follows `lowercase`
         lowercase=lowercase,
     )
     tokenizer.train_from_iterator(texts, trainer=trainer, length=len(texts))
@@ -440,7 +392,6 @@ def encode_texts(
     truncation="head",
     add_special_tokens=True,
     head_fraction=DEFAULT_HEAD_FRACTION,
-    return_lengths=False,
     cache_dir=None,
 ):
     """Batch-encode texts to int32 ids `(n, max_length)`, padded with 0.
@@ -461,15 +412,13 @@ def encode_texts(
         add_special_tokens: apply the tokenizer's post-processor.
         head_fraction: share of the budget kept from the head in
             `"head+tail"`; default 0.25.
-        return_lengths: also return the int32 number of non-pad tokens.
         cache_dir: if given, the ids are stored there as `.npy`, keyed by
             the sha256 of the texts, the tokenizer JSON and these settings;
             a later call with the same inputs loads them without
             tokenizing.
 
     Returns:
-        `ids`, or `(ids, lengths)` with `return_lengths=True`. The padding
-        mask is `ids != 0`.
+        `ids`; the padding mask is `ids != 0`.
 
     >>> tok = train_tokenizer(["one two three four five six"] * 2,
     ...                       vocab_size=60, min_frequency=1)
@@ -518,8 +467,6 @@ def encode_texts(
             ids = _encode_ids(*args)
             cache_dir.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: np.save(tmp, ids))
-    if return_lengths:
-        return ids, np.count_nonzero(ids, axis=1).astype(np.int32)
     return ids
 
 
