@@ -16,10 +16,10 @@ from conftest import numpy_attention_grads
 from conftest import to_numpy
 from keras import ops
 
+from keras_selfattn.ops import BLOCK_SIZE
+from keras_selfattn.ops import BLOCKWISE_MIN_LENGTH
 from keras_selfattn.ops import choose_implementation
 from keras_selfattn.ops import scaled_dot_product_attention
-from keras_selfattn.ops.attention import BLOCK_SIZE
-from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
 
 PATHS = ["einsum", "fused", "blockwise"]
 # Three key blocks, the last one padded up to a whole block.

@@ -76,6 +76,21 @@ def test_mha_matches_keras_causal_self_attention():
     np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=ATOL)
 
 
+def test_mha_key_mask_applies_when_key_is_omitted():
+    # keras' layer applies `key_mask` with `key=None` (the key is `value`).
+    rng = np.random.default_rng(13)
+    query, value = rand(rng, 2, 5, 7), rand(rng, 2, 3, 7)
+    key_mask = np.array([[True, False, True], [False, True, True]])
+    ours, theirs = paired_mha(query.shape, value.shape, num_heads=2, key_dim=3)
+    got = to_numpy(ours(query, value, key_mask=key_mask))
+    with_key = to_numpy(ours(query, value, value, key_mask=key_mask))
+    want = to_numpy(theirs(query, value, key_mask=key_mask))
+    np.testing.assert_allclose(got, with_key, atol=ATOL)
+    np.testing.assert_allclose(got, want, atol=ATOL)
+    unmasked = to_numpy(ours(query, value))
+    assert not np.allclose(got, unmasked, atol=1e-3)
+
+
 def test_mha_output_dim():
     rng = np.random.default_rng(2)
     x = rand(rng, 2, 3, 6)

@@ -8,11 +8,9 @@ import textwrap
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND
+from support import BACKEND, later_backends
 
 import keras_selfattn as ksa
-
-BACKENDS = ("tensorflow", "jax", "torch")
 
 LAYERS = [
     ksa.SelfAttention(use_projections=True, units=6, dropout=0.1, seed=3),
@@ -100,33 +98,31 @@ CROSS_BACKEND_SCRIPT = textwrap.dedent(
     import sys
     import keras
     import numpy as np
-    sys.path.insert(0, {tests_dir!r})
     from test_saving import IDS, build_model
 
     source, directory = sys.argv[1], sys.argv[2]
     mine = keras.backend.backend()
-    loaded = keras.saving.load_model(f"{{directory}}/{{source}}.keras")
-    np.save(f"{{directory}}/{{source}}-under-{{mine}}.npy",
+    loaded = keras.saving.load_model(f"{directory}/{source}.keras")
+    np.save(f"{directory}/{source}-under-{mine}.npy",
             loaded.predict(IDS, verbose=0))
     model = build_model()
-    model.save(f"{{directory}}/{{mine}}.keras")
-    np.save(f"{{directory}}/{{mine}}.npy", model.predict(IDS, verbose=0))
+    model.save(f"{directory}/{mine}.keras")
+    np.save(f"{directory}/{mine}.npy", model.predict(IDS, verbose=0))
     """
 )
 
 
-@pytest.mark.parametrize("other", [b for b in BACKENDS if b != BACKEND])
+@pytest.mark.parametrize("other", later_backends())
 def test_keras_file_crosses_backends(tmp_path, other):
-    """Our file loads under `other`; `other`'s file loads here."""
+    """Our file loads under `other`; `other`'s file loads here (each pair
+    of backends once per `make test`: see `later_backends`)."""
     model = build_model()
     want = model.predict(IDS, verbose=0)
     model.save(tmp_path / f"{BACKEND}.keras")
-    script = CROSS_BACKEND_SCRIPT.format(
-        tests_dir=os.path.dirname(os.path.abspath(__file__))
-    )
     env = dict(os.environ, KERAS_BACKEND=other)
     result = subprocess.run(
-        [sys.executable, "-c", script, BACKEND, str(tmp_path)],
+        [sys.executable, "-c", CROSS_BACKEND_SCRIPT, BACKEND, str(tmp_path)],
+        cwd=os.path.dirname(os.path.abspath(__file__)),  # imports this file
         env=env,
         capture_output=True,
         text=True,

@@ -3,12 +3,12 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_choice
-from keras_selfattn.ops.attention import (
-    IMPLEMENTATIONS,
+from keras_selfattn.ops import (
     check_dtype,
+    check_float_input,
     check_mask,
     merge_masks,
+    padding_to_attention_mask,
 )
 
 
@@ -29,19 +29,6 @@ def initializers_config(layer):
     }
 
 
-def check_implementation(implementation, attention_dropout):
-    """Return `implementation` if it is known and can apply the dropout."""
-    check_choice("implementation", implementation, IMPLEMENTATIONS)
-    if attention_dropout > 0.0 and implementation in ("fused", "blockwise"):
-        raise ValueError(
-            "Dropout on the attention probabilities needs "
-            "implementation='einsum' or 'auto'. Received: "
-            f"implementation={implementation!r} with attention dropout "
-            f"{attention_dropout}"
-        )
-    return implementation
-
-
 def zero_masked_rows(tensor, query_mask, query_axis):
     """Zero the query rows (along `query_axis`) where `query_mask` is False.
 
@@ -57,21 +44,35 @@ def zero_masked_rows(tensor, query_mask, query_axis):
     return ops.where(mask, tensor, ops.zeros_like(tensor))
 
 
-def self_attention_mask(inputs, padding_mask, attention_mask, implicit_mask):
-    """Check and merge the masks of a self-attention call.
+def check_self_attention_call(
+    inputs, width, padding_mask, attention_mask, implicit_mask
+):
+    """Check a self-attention call's inputs; return its merged mask.
 
-    `padding_mask` and `implicit_mask` (Keras' mask of `inputs`) are `(B, L)`
-    key masks; `attention_mask` is `(B, L, L)`. Returns a boolean mask
+    `inputs` must be float `(B, L, width)`. `padding_mask` and
+    `implicit_mask` (Keras' mask of `inputs`, trusted) are `(B, L)` key
+    masks; `attention_mask` is `(B, L, L)`. Returns a boolean mask
     broadcastable to `(B, L, L)`, or None.
     """
+    check_float_input("inputs", inputs)
+    check_width("inputs", inputs, width)
     batch, length = inputs.shape[0], inputs.shape[1]
     if padding_mask is not None:
         check_mask("padding_mask", padding_mask, (batch, length))
     if attention_mask is not None:
         check_mask("attention_mask", attention_mask, (batch, length, length))
-    key_mask = merge_masks(padding_mask, implicit_mask)
+    return combine_masks(attention_mask, padding_mask, implicit_mask)
+
+
+def combine_masks(attention_mask, *key_masks):
+    """AND of a `(B, T, S)` attention mask and `(B, S)` key masks.
+
+    Returns a boolean mask broadcastable to `(B, T, S)` (`(B, 1, S)` with
+    key masks only), or None when every mask is None.
+    """
+    key_mask = merge_masks(*key_masks)
     if key_mask is not None:
-        key_mask = ops.expand_dims(key_mask, 1)
+        key_mask = padding_to_attention_mask(key_mask)
     return merge_masks(attention_mask, key_mask)
 
 

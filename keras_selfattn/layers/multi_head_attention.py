@@ -4,18 +4,19 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int, check_rate
-from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
-    check_implementation,
     check_width,
     clone_initializer,
+    combine_masks,
+    initializers_config,
     zero_masked_rows,
 )
-from keras_selfattn.ops.attention import (
+from keras_selfattn.ops import (
+    attention_core,
     check_float_input,
+    check_implementation,
     check_mask,
     merge_masks,
-    scaled_dot_product_attention,
 )
 
 
@@ -128,7 +129,9 @@ class MultiHeadAttention(keras.layers.Layer):
         self.bias_constraint = keras.constraints.get(bias_constraint)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.implementation = check_implementation(implementation, self.dropout)
+        self.implementation = check_implementation(
+            implementation, needs_probabilities=self.dropout > 0.0
+        )
         self.supports_masking = True
 
     @property
@@ -215,14 +218,39 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
         mask=None,
+        _inputs_checked=False,
     ):
-        if value is None:
-            value = query
+        self_attention = value is None
+        value = query if value is None else value
+        key = value if key is None else key
+        # `_inputs_checked`: the caller (`TransformerEncoder`) checked the
+        # tensors and masks and merged its masks into `attention_mask`.
+        if not _inputs_checked:
+            self._check_inputs(query, value, key)
+            self._check_masks(
+                query,
+                value,
+                query_mask=query_mask,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+            )
+            check_implementation(self.implementation, return_attention_scores)
+        if self_attention:
             query_mask = merge_masks(query_mask, mask)
             value_mask = merge_masks(value_mask, query_mask)
-        if key is None:
-            key = value
-            key_mask = None
+        return self._attend(
+            query,
+            value,
+            key,
+            query_mask,
+            combine_masks(attention_mask, value_mask, key_mask),
+            use_causal_mask=use_causal_mask,
+            return_attention_scores=return_attention_scores,
+            training=training,
+        )
+
+    def _check_inputs(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):
             check_float_input(name, tensor)
             check_width(name, tensor, self._input_widths[name])
@@ -233,14 +261,43 @@ class MultiHeadAttention(keras.layers.Layer):
                     f"key.shape={tuple(key.shape)}, "
                     f"value.shape={tuple(value.shape)}"
                 )
-        if query_mask is not None:
-            check_mask("query_mask", query_mask, query.shape[:2])
-        attention_mask = self._key_mask(
-            query, value, value_mask, key_mask, attention_mask
-        )
+
+    def _check_masks(self, query, value, **masks):
+        """Check the `(B, T)` query mask, `(B, S)` value/key masks and the
+        `(B, T, S)` attention mask given in `masks` (None ones are skipped)."""
+        batch, query_length = query.shape[0], query.shape[1]
+        value_length = value.shape[1]
+        shapes = {
+            "query_mask": (batch, query_length),
+            "value_mask": (batch, value_length),
+            "key_mask": (batch, value_length),
+            "attention_mask": (batch, query_length, value_length),
+        }
+        for name, mask in masks.items():
+            if mask is not None:
+                check_mask(name, mask, shapes[name])
+
+    def _attend(
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        attention_mask,
+        use_causal_mask=False,
+        return_attention_scores=False,
+        training=None,
+    ):
+        """The attention of checked inputs.
+
+        `attention_mask` is the merged boolean mask of allowed keys,
+        broadcastable to `(B, T, S)`, or None; `query_mask` `(B, T)` (or
+        None) zeroes the rows of padded queries instead, so a padding mask
+        stays `(B, 1, S)` and never grows to `(B, T, S)`.
+        """
         if attention_mask is not None:
             attention_mask = ops.expand_dims(attention_mask, 1)
-        result = scaled_dot_product_attention(
+        result = attention_core(
             self.query_dense(query),
             self.key_dense(key),
             self.value_dense(value),
@@ -261,31 +318,6 @@ class MultiHeadAttention(keras.layers.Layer):
         return self.output_dense(
             zero_masked_rows(result, query_mask, query_axis=1)
         )
-
-    def _key_mask(self, query, value, value_mask, key_mask, attention_mask):
-        """The `(B, T or 1, S)` boolean mask of allowed keys, or None.
-
-        Query padding is applied to the output rows instead, so a padding
-        mask stays `(B, 1, S)` and never grows to `(B, T, S)`.
-        """
-        batch, query_length = query.shape[0], query.shape[1]
-        value_length = value.shape[1]
-        parts = []
-        for name, tensor in (
-            ("value_mask", value_mask),
-            ("key_mask", key_mask),
-        ):
-            if tensor is not None:
-                check_mask(name, tensor, (batch, value_length))
-                parts.append(ops.expand_dims(tensor, -2))
-        if attention_mask is not None:
-            check_mask(
-                "attention_mask",
-                attention_mask,
-                (batch, query_length, value_length),
-            )
-            parts.append(attention_mask)
-        return merge_masks(*parts)
 
     def compute_mask(self, inputs, previous_mask=None):
         return previous_mask

@@ -4,17 +4,12 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int, check_rate
-from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
-    check_implementation,
-    check_width,
+    check_self_attention_call,
     clone_initializer,
-    self_attention_mask,
+    initializers_config,
 )
-from keras_selfattn.ops.attention import (
-    check_float_input,
-    scaled_dot_product_attention,
-)
+from keras_selfattn.ops import attention_core, check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -90,7 +85,9 @@ class SelfAttention(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.implementation = check_implementation(implementation, self.dropout)
+        self.implementation = check_implementation(
+            implementation, needs_probabilities=self.dropout > 0.0
+        )
         self.supports_masking = True
 
     def build(self, inputs_shape):
@@ -125,11 +122,10 @@ class SelfAttention(keras.layers.Layer):
         training=None,
         mask=None,
     ):
-        check_float_input("inputs", inputs)
-        check_width("inputs", inputs, self.width)
-        attention_mask = self_attention_mask(
-            inputs, padding_mask, attention_mask, mask
+        attention_mask = check_self_attention_call(
+            inputs, self.width, padding_mask, attention_mask, mask
         )
+        check_implementation(self.implementation, return_attention_scores)
         if attention_mask is not None:
             attention_mask = ops.expand_dims(attention_mask, 1)
 
@@ -139,12 +135,13 @@ class SelfAttention(keras.layers.Layer):
             value = self.value_dense(inputs)
         else:
             query = key = value = inputs
-        result = scaled_dot_product_attention(
+        result = attention_core(
             ops.expand_dims(query, 2),
             ops.expand_dims(key, 2),
             ops.expand_dims(value, 2),
             mask=attention_mask,
             is_causal=use_causal_mask,
+            scale=None,
             dropout_rate=self.dropout if training else 0.0,
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,

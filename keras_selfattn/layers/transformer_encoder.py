@@ -7,15 +7,13 @@ from keras_selfattn._validation import (
     check_positive_int,
     check_rate,
 )
-from keras_selfattn.layers._common import initializers_config
 from keras_selfattn.layers._common import (
-    check_implementation,
-    check_width,
+    check_self_attention_call,
     clone_initializer,
-    self_attention_mask,
+    initializers_config,
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
-from keras_selfattn.ops.attention import check_float_input
+from keras_selfattn.ops import check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -98,7 +96,8 @@ class TransformerEncoder(keras.layers.Layer):
             else check_rate("attention_dropout", attention_dropout)
         )
         self.implementation = check_implementation(
-            implementation, self._attention_dropout_rate
+            implementation,
+            needs_probabilities=self._attention_dropout_rate > 0.0,
         )
         self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)
@@ -195,11 +194,10 @@ class TransformerEncoder(keras.layers.Layer):
         return_attention_scores=False,
         mask=None,
     ):
-        check_float_input("inputs", inputs)
-        check_width("inputs", inputs, self.width)
-        attention_mask = self_attention_mask(
-            inputs, padding_mask, attention_mask, mask
+        attention_mask = check_self_attention_call(
+            inputs, self.width, padding_mask, attention_mask, mask
         )
+        check_implementation(self.implementation, return_attention_scores)
 
         residual = inputs
         x = (
@@ -207,11 +205,15 @@ class TransformerEncoder(keras.layers.Layer):
             if self.norm_first
             else inputs
         )
+        # Checked and merged above, so the sublayer checks nothing again.
+        # Called through `__call__`: Keras hands it the implicit mask of `x`
+        # even when masks are passed here too (this call then gets none).
         x = self.self_attention(
             x,
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             training=training,
+            _inputs_checked=True,
         )
         if return_attention_scores:
             x, scores = x

@@ -1,17 +1,37 @@
-"""Functional attention ops on `keras.ops` (all backends)."""
+"""Functional attention ops on `keras.ops` (all backends).
+
+`scaled_dot_product_attention` checks its inputs, then runs
+`attention_core`, which trusts them; the `check_*` functions are the
+checks, for callers (the layers) that validate their own inputs and then
+call `attention_core` directly.
+"""
 
 from keras_selfattn.ops.attention import (
+    BLOCK_SIZE,
+    BLOCKWISE_MIN_LENGTH,
     IMPLEMENTATIONS,
-    causal_mask,
+    attention_core,
+    check_implementation,
     choose_implementation,
+    scaled_dot_product_attention,
+)
+from keras_selfattn.ops.checks import check_dtype, check_float_input, check_mask
+from keras_selfattn.ops.masks import (
+    causal_mask,
     merge_masks,
     padding_to_attention_mask,
-    scaled_dot_product_attention,
 )
 
 __all__ = [
+    "BLOCK_SIZE",
+    "BLOCKWISE_MIN_LENGTH",
     "IMPLEMENTATIONS",
+    "attention_core",
     "causal_mask",
+    "check_dtype",
+    "check_float_input",
+    "check_implementation",
+    "check_mask",
     "choose_implementation",
     "merge_masks",
     "padding_to_attention_mask",

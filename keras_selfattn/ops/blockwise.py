@@ -1,4 +1,4 @@
-"""Memory-efficient attention: an online softmax over blocks of keys.
+"""The blockwise path: an online softmax over blocks of keys.
 
 The forward pass walks over the keys one block at a time, keeping per query
 row the running maximum logit, the running softmax denominator and the
@@ -11,18 +11,85 @@ log-sum-exp of every row from the forward pass and recomputes each tile of
 probabilities from them, so it too needs O(T * block) memory instead of the
 O(T * S) that automatic differentiation through the loop would store.
 
-All arithmetic here is float32, heads-first: query `(B, H, T, D)`, key
-`(B, H, S, D)`, value `(B, H, S, Dv)`, with `S` a multiple of the block size.
+`blockwise_attention` takes the `(B, T, H, D)` layout of the other paths;
+the kernel below it is float32 and heads-first: query `(B, H, T, D)`, key
+`(B, H, S, D)`, value `(B, H, S, Dv)`, with `S` a multiple of the block
+size.
 """
 
 from keras import ops
 
-# Finite float32 extremes: masked logits and empty rows never make inf - inf.
-MASKED_LOGIT = float(-3.4028234663852886e38)
+from keras_selfattn.ops.einsum import SOFTMAX_DTYPE, einsum_attention
+from keras_selfattn.ops.masks import MASKED_LOGIT, merge_masks
+
+# Finite float32 maximum: an empty row's log-sum-exp never makes inf - inf.
 _EMPTY_ROW_LSE = float(3.4028234663852886e38)
 
 
-def blockwise_attention(query, key, value, block_mask, block_size):
+def blockwise_attention(query, key, value, mask, is_causal, scale, block_size):
+    """The blockwise path on `(B, T, H, D)` inputs, in the value's dtype.
+
+    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None.
+    Keys are padded up to whole blocks of `block_size` (fewer when there
+    are fewer keys), the padding masked; a key length known only at run
+    time is padded in-graph.
+    """
+    query_length, key_length = query.shape[1], key.shape[1]
+    if query_length is None:
+        query_length = ops.shape(query)[1]
+    dynamic = key_length is None
+    if dynamic:
+        key_length = ops.shape(key)[1]
+        if key_length is None:  # symbolic inputs: only the output spec
+            output, _ = einsum_attention(
+                query, key, value, mask, is_causal, scale
+            )
+            return output
+    else:
+        block_size = min(block_size, key_length)
+    padding = (-key_length) % block_size
+    groups = query.shape[2] // key.shape[2]
+    pads_keys = dynamic or padding > 0
+    dtype = value.dtype
+    query = ops.cast(query, SOFTMAX_DTYPE) * ops.cast(scale, SOFTMAX_DTYPE)
+    query = _heads_first(query, 1, 0)
+    key = _heads_first(key, groups, padding)
+    value = _heads_first(value, groups, padding)
+    if pads_keys and mask is not None and mask.shape[-1] != 1:
+        mask = ops.pad(mask, ((0, 0), (0, 0), (0, 0), (0, padding)))
+
+    def block_mask(start):
+        parts = [mask]
+        if mask is not None and mask.shape[-1] != 1:
+            shape = ops.shape(mask)[:3] + (block_size,)
+            parts = [ops.slice(mask, (0, 0, 0, start), shape)]
+        if is_causal or pads_keys:
+            columns = start + ops.arange(block_size, dtype="int32")
+        if is_causal:
+            rows = ops.arange(query_length, dtype="int32")[:, None]
+            parts.append(rows >= columns[None, :])
+        if pads_keys:
+            parts.append(columns < key_length)
+        return merge_masks(*parts)
+
+    output = _online_softmax_attention(
+        query, key, value, block_mask, block_size
+    )
+    return ops.cast(ops.swapaxes(output, 1, 2), dtype)
+
+
+def _heads_first(tensor, groups, padding):
+    """`(B, L, Hkv, D)` -> float32 `(B, Hkv * groups, L + padding, D)`."""
+    tensor = ops.cast(tensor, SOFTMAX_DTYPE)
+    if groups > 1:
+        tensor = ops.repeat(tensor, groups, axis=2)
+    tensor = ops.transpose(tensor, (0, 2, 1, 3))
+    if isinstance(padding, int) and padding == 0:
+        return tensor
+    return ops.pad(tensor, ((0, 0), (0, 0), (0, padding), (0, 0)))
+
+
+def _online_softmax_attention(query, key, value, block_mask, block_size):
     """softmax(query key^T) value, one key block at a time.
 
     Args:

@@ -1,0 +1,89 @@
+"""The einsum path: materialises the `(B, H, T, S)` probabilities.
+
+The only path that applies attention dropout or returns the
+probabilities. Logits and softmax are float32 whatever the input dtype.
+"""
+
+import keras
+from keras import ops
+
+from keras_selfattn.ops.masks import MASKED_LOGIT, causal_mask, merge_masks
+
+SOFTMAX_DTYPE = "float32"
+
+
+def einsum_attention(
+    query, key, value, mask, is_causal, scale, dropout_rate=0.0, seed=None
+):
+    """Output `(B, T, H, Dv)` and probabilities `(B, H, T, S)`, both in the
+    value's dtype; `mask` is boolean, broadcastable to `(B, H, T, S)`."""
+    if is_causal:
+        mask = merge_masks(
+            mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
+        )
+    query = ops.multiply(query, ops.cast(scale, query.dtype))
+    logits = _attention_logits(query, key)
+    probs = _masked_softmax(logits, mask)
+    weights = probs
+    if dropout_rate > 0.0:
+        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
+    output = _attend(ops.cast(weights, value.dtype), value)
+    return output, ops.cast(probs, value.dtype)
+
+
+def _attention_logits(query, key):
+    """Float32 logits `(B, H, T, S)`; grouped query heads share a key head.
+
+    Query and key are widened to float32 first, so half-precision inputs
+    get float32 products and sums (as fused kernels accumulate) and the
+    logits are never rounded to 16 bits.
+    """
+    query = ops.cast(query, SOFTMAX_DTYPE)
+    key = ops.cast(key, SOFTMAX_DTYPE)
+    num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    if num_heads == num_kv_heads:
+        logits = ops.einsum("bthd,bshd->bhts", query, key)
+    else:
+        groups = num_heads // num_kv_heads
+        query = _split_heads(query, num_kv_heads, groups)
+        logits = ops.einsum("btkgd,bskd->bkgts", query, key)
+        logits = _merge_group_axes(logits, num_heads)
+    return logits
+
+
+def _masked_softmax(logits, mask):
+    """Softmax over keys; masked entries and all-masked rows are zero."""
+    if logits.shape[-1] == 1:
+        probs = ops.ones_like(logits)  # one key: softmax is constant 1
+    else:
+        if mask is not None:
+            logits = ops.where(mask, logits, MASKED_LOGIT)
+        probs = ops.softmax(logits, axis=-1)
+    if mask is None:
+        return probs
+    return ops.where(mask, probs, ops.zeros_like(probs))
+
+
+def _attend(weights, value):
+    """Weights `(B, H, T, S)` x value `(B, S, Hkv, Dv)` -> `(B, T, H, Dv)`."""
+    num_heads, num_kv_heads = weights.shape[1], value.shape[2]
+    if num_heads == num_kv_heads:
+        return ops.einsum("bhts,bshd->bthd", weights, value)
+    groups = num_heads // num_kv_heads
+    shape = ops.shape(weights)
+    weights = ops.reshape(
+        weights, (-1, num_kv_heads, groups, shape[2], shape[3])
+    )
+    output = ops.einsum("bkgts,bskd->btkgd", weights, value)
+    shape = ops.shape(output)
+    return ops.reshape(output, (-1, shape[1], num_heads, shape[4]))
+
+
+def _split_heads(query, num_kv_heads, groups):
+    shape = ops.shape(query)
+    return ops.reshape(query, (-1, shape[1], num_kv_heads, groups, shape[3]))
+
+
+def _merge_group_axes(logits, num_heads):
+    shape = ops.shape(logits)
+    return ops.reshape(logits, (-1, num_heads, shape[3], shape[4]))

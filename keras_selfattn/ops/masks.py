@@ -1,0 +1,74 @@
+"""Boolean attention masks (True = may attend) and the masked-logit value."""
+
+import keras
+from keras import ops
+
+# The finite float32 minimum: a masked logit never makes inf - inf, and
+# logits stay float32, so it never overflows a half-precision dtype.
+MASKED_LOGIT = float(-3.4028234663852886e38)
+
+
+def causal_mask(query_length, key_length=None):
+    """Boolean `(query_length, key_length)` mask, True on/below the diagonal.
+
+    Aligned top-left like `keras.layers.MultiHeadAttention`: query `i` may
+    attend to keys `0..i`.
+
+    Example:
+
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(causal_mask(2, 3)).tolist()
+    [[True, False, False], [True, True, False]]
+    """
+    key_length = query_length if key_length is None else key_length
+    rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    return ops.greater_equal(rows, cols)
+
+
+def padding_to_attention_mask(key_padding_mask, query_padding_mask=None):
+    """Turn `(B, S)` padding masks into a `(B, T or 1, S)` attention mask.
+
+    `key_padding_mask` marks the keys that exist; `query_padding_mask`, when
+    given, also masks the rows of padded queries (their output is zeros).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> m = padding_to_attention_mask(np.array([[True, False]]))
+    >>> ops.convert_to_numpy(m).tolist()
+    [[[True, False]]]
+    """
+    mask = ops.expand_dims(as_bool(key_padding_mask), 1)
+    if query_padding_mask is not None:
+        query = ops.expand_dims(as_bool(query_padding_mask), 2)
+        mask = ops.logical_and(mask, query)
+    return mask
+
+
+def merge_masks(*masks):
+    """Logical AND of the masks that are not None (None if all are None).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> m = merge_masks(None, np.array([True, True]), np.array([True, False]))
+    >>> ops.convert_to_numpy(m).tolist()
+    [True, False]
+    """
+    merged = None
+    for mask in masks:
+        if mask is None:
+            continue
+        mask = as_bool(mask)
+        merged = mask if merged is None else ops.logical_and(merged, mask)
+    return merged
+
+
+def as_bool(mask):
+    """`mask` as a boolean tensor (0/1 integers become False/True)."""
+    if keras.backend.standardize_dtype(mask.dtype) == "bool":
+        return mask
+    return ops.cast(mask, "bool")
