@@ -110,7 +110,9 @@ def atomic_write(path, write, directory=False):
     if directory:
         tmp = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent)
     else:
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(
+            prefix=prefix, suffix=suffix, dir=path.parent
+        )
         os.close(fd)
     try:
         write(tmp)

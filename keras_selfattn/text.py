@@ -257,7 +257,9 @@ def save_tokenizer(tokenizer, path):
     if path.is_dir():
         path = path / "tokenizer.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(tokenizer.to_str(), "utf-8"))
+    atomic_write(
+        path, lambda tmp: Path(tmp).write_text(tokenizer.to_str(), "utf-8")
+    )
     return path
 
 

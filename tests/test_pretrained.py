@@ -14,7 +14,7 @@ from support import BACKEND, jit, to_numpy
 from safetensors.numpy import save_file
 from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
-from keras_selfattn import downloads, pretrained, text
+from keras_selfattn import pretrained, text
 from keras_selfattn._safetensors import read_safetensors
 from keras_selfattn.downloads import WheelSpec, sha256_file
 

@@ -3,8 +3,11 @@
 import keras
 from keras import ops
 
+from keras_selfattn._validation import check_rate
 from keras_selfattn.ops import (
+    attention_core,
     check_dtype,
+    check_implementation,
     check_float_input,
     check_mask,
     merge_masks,
@@ -15,6 +18,37 @@ from keras_selfattn.ops import (
 def clone_initializer(initializer):
     """A fresh copy, so sublayers never share one stateless initializer."""
     return initializer.__class__.from_config(initializer.get_config())
+
+
+def set_attention_options(layer, dropout, seed, implementation):
+    """Check and set what every attention layer takes: the dropout rate on
+    the probabilities, its seed, and the implementation (which must be
+    able to apply that dropout); the layer supports Keras masks."""
+    layer.dropout = check_rate("dropout", dropout)
+    layer.seed = seed
+    layer.seed_generator = keras.random.SeedGenerator(seed)
+    layer.implementation = check_implementation(
+        implementation, needs_probabilities=layer.dropout > 0.0
+    )
+    layer.supports_masking = True
+
+
+def attend(layer, query, key, value, mask, causal, scale, training, scores):
+    """`attention_core` on checked `(B, L, heads, dim)` tensors with the
+    layer's own options: its dropout (in training only), seed generator
+    and implementation. `scores=True` also returns the probabilities."""
+    return attention_core(
+        query,
+        key,
+        value,
+        mask=mask,
+        is_causal=causal,
+        scale=scale,
+        dropout_rate=layer.dropout if training else 0.0,
+        seed=layer.seed_generator,
+        return_attention_scores=scores,
+        implementation=layer.implementation,
+    )
 
 
 def initializers_config(layer):

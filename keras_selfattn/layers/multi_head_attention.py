@@ -3,16 +3,17 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn._validation import check_positive_int
 from keras_selfattn.layers._common import (
+    attend,
     check_width,
     clone_initializer,
     combine_masks,
     initializers_config,
+    set_attention_options,
     zero_masked_rows,
 )
 from keras_selfattn.ops import (
-    attention_core,
     check_float_input,
     check_implementation,
     check_mask,
@@ -119,7 +120,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_heads={num_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        self.dropout = check_rate("dropout", dropout)
+        set_attention_options(self, dropout, seed, implementation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -127,12 +128,6 @@ class MultiHeadAttention(keras.layers.Layer):
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.implementation = check_implementation(
-            implementation, needs_probabilities=self.dropout > 0.0
-        )
-        self.supports_masking = True
 
     @property
     def _value_head_dim(self):
@@ -297,17 +292,16 @@ class MultiHeadAttention(keras.layers.Layer):
         """
         if attention_mask is not None:
             attention_mask = ops.expand_dims(attention_mask, 1)
-        result = attention_core(
+        result = attend(
+            self,
             self.query_dense(query),
             self.key_dense(key),
             self.value_dense(value),
-            mask=attention_mask,
-            is_causal=use_causal_mask,
-            scale=1.0 / float(self.key_dim) ** 0.5,
-            dropout_rate=self.dropout if training else 0.0,
-            seed=self.seed_generator,
-            return_attention_scores=return_attention_scores,
-            implementation=self.implementation,
+            attention_mask,
+            use_causal_mask,
+            1.0 / float(self.key_dim) ** 0.5,
+            training,
+            return_attention_scores,
         )
         # Padded queries attend to nothing: their rows are zeros.
         if return_attention_scores:

@@ -3,13 +3,15 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn._validation import check_positive_int
 from keras_selfattn.layers._common import (
+    attend,
     check_self_attention_call,
     clone_initializer,
     initializers_config,
+    set_attention_options,
 )
-from keras_selfattn.ops import attention_core, check_implementation
+from keras_selfattn.ops import check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -80,15 +82,9 @@ class SelfAttention(keras.layers.Layer):
                 f"use_projections={use_projections}"
             )
         self.use_bias = bool(use_bias)
-        self.dropout = check_rate("dropout", dropout)
+        set_attention_options(self, dropout, seed, implementation)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
-        self.implementation = check_implementation(
-            implementation, needs_probabilities=self.dropout > 0.0
-        )
-        self.supports_masking = True
 
     def build(self, inputs_shape):
         if len(inputs_shape) != 3 or inputs_shape[-1] is None:
@@ -135,17 +131,17 @@ class SelfAttention(keras.layers.Layer):
             value = self.value_dense(inputs)
         else:
             query = key = value = inputs
-        result = attention_core(
-            ops.expand_dims(query, 2),
-            ops.expand_dims(key, 2),
-            ops.expand_dims(value, 2),
-            mask=attention_mask,
-            is_causal=use_causal_mask,
-            scale=None,
-            dropout_rate=self.dropout if training else 0.0,
-            seed=self.seed_generator,
-            return_attention_scores=return_attention_scores,
-            implementation=self.implementation,
+        query, key, value = (ops.expand_dims(t, 2) for t in (query, key, value))
+        result = attend(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            use_causal_mask,
+            None,  # 1 / sqrt(width)
+            training,
+            return_attention_scores,
         )
         if return_attention_scores:
             output, scores = result

@@ -116,16 +116,8 @@ def _online_softmax_attention(query, key, value, block_mask, block_size):
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            return _backward(
-                query,
-                key,
-                value,
-                output,
-                log_sum_exp,
-                upstream,
-                block_mask,
-                block_size,
-            )
+            saved = (query, key, value, output, log_sum_exp)
+            return _backward(saved, upstream, block_mask, block_size)
 
         return output, grad
 
@@ -199,24 +191,17 @@ def _forward(query, key, value, block_mask, block_size):
     return output, log_sum_exp
 
 
-def _backward(
-    query,
-    key,
-    value,
-    output,
-    log_sum_exp,
-    upstream,
-    block_mask,
-    block_size,
-):
+def _backward(saved, upstream, block_mask, block_size):
     """Gradients of query, key and value, recomputing each tile.
 
     Tiles are kept keys-major, `(B, H, block, T)`: every product then reads
     its large operands in row-major order, and only the whole-length
     query and upstream gradient are transposed, once per call, not once
     per block. (Reading a `(T, block)` tile down its columns made the CPU
-    kernels ~1.6x slower.)
+    kernels ~1.6x slower.) `saved` is the forward's
+    `(query, key, value, output, log_sum_exp)`.
     """
+    query, key, value, output, log_sum_exp = saved
     upstream = ops.cast(upstream, "float32")
     # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
     # `(B, H, 1, T)`, to broadcast over keys-major tiles.
