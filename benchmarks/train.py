@@ -17,17 +17,21 @@ always does with `dropout=0.1`: the probabilities are materialised), and
 the keras-hub-built one.
 """
 
-import argparse
-import sys
-import time
-from pathlib import Path
+if not __package__:  # run as a file: make `recipes` importable
+    import runpy
+    from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+    launch = Path(__file__).resolve().parents[1] / "recipes" / "_launch.py"
+    runpy.run_path(str(launch))["register"]()
+
+import argparse
+import time
 
 import keras
 import numpy as np
-from sentiment import build_model
-from sentiment import parse_args as recipe_args
+
+from recipes.sentiment import build_model
+from recipes.sentiment import parse_args as recipe_args
 
 
 def build_keras_hub_model(args, vocab_size):

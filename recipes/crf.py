@@ -24,9 +24,8 @@ import keras
 import numpy as np
 from keras import ops
 
-import tagging
-
 from keras_selfattn import text
+from recipes import tagging
 
 # Score of a forbidden transition: large enough that no path uses one, and
 # finite, so nothing turns into NaN.

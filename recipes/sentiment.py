@@ -34,22 +34,20 @@ one device. Everything lands in `--output-dir`: model.keras, tokenizer.json,
 metrics.json, learning_curves.png and train.log.
 """
 
-import sys
+if not __package__:  # run as a file: `python recipes/sentiment.py`
+    import _launch
+
+    _launch.run_as_module(__file__)
+
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common  # noqa: I001  (sets KERAS_BACKEND before keras is imported)
-
-BACKEND_NOTE = common.choose_backend()
 
 import keras
 import numpy as np
 
-import data
 import keras_selfattn as ksa
 from keras_selfattn import text
+from keras_selfattn.downloads import resolve_cache_dir
+from recipes import batching, cli, data, splitting, training
 
 LABEL_NAMES = ("negative", "positive")
 
@@ -79,13 +77,13 @@ SHORT_REVIEWS = [
 ]
 
 
+# Settings whose default depends on the mode (see `cli.ModeDefaults`).
 DEFAULTS = {
     "epochs": 2,
     "batch_size": 32,
     "max_length": 512,
     "vocab_size": 20000,
     "learning_rate": 1e-3,
-    "dropout": 0.1,
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
@@ -104,26 +102,32 @@ INIT_DEFAULTS = {
     "train_size": 4000,
     "test_size": 5000,
 }
+MODES = cli.ModeDefaults(DEFAULTS, SMOKE_DEFAULTS, INIT_DEFAULTS)
+MODEL_SIZE = {
+    "embedding_dim": 64,
+    "num_layers": 1,
+    "num_heads": 2,
+    "intermediate_dim": 128,
+}
 
 
 def parse_args(argv=None):
-    parser, pred = common.recipe_parser(
-        __doc__, "runs/sentiment", "label texts with a trained model"
+    parser, pred = cli.recipe_parser(
+        __doc__,
+        "runs/sentiment",
+        "label texts with a trained model",
+        MODES,
+        MODEL_SIZE,
     )
     pred.add_argument(
         "--explain",
         action="store_true",
         help="also write a PNG heat map of attention per text",
     )
-
     parser.add_argument("--data", help="your own CSV instead of IMDB")
     parser.add_argument("--text-column", default="text")
     parser.add_argument("--label-column", default="label")
-    # Defaults of these depend on --smoke and --init (see *DEFAULTS).
-    note = common.default_notes(DEFAULTS, INIT_DEFAULTS)
-    parser.add_argument("--epochs", type=int, help=note("epochs"))
-    parser.add_argument("--batch-size", type=int, help=note("batch_size"))
-    parser.add_argument("--max-length", type=int, help=note("max_length"))
+    note = MODES.note
     parser.add_argument(
         "--train-size",
         type=int,
@@ -135,12 +139,13 @@ def parse_args(argv=None):
         type=int,
         help=f"score this many test reviews (default all) {note('test_size')}",
     )
-    parser.add_argument("--vocab-size", type=int, help=note("vocab_size"))
-    parser.add_argument("--embedding-dim", type=int, default=64)
-    parser.add_argument("--num-layers", type=int, default=1)
-    parser.add_argument("--num-heads", type=int, default=2)
-    parser.add_argument("--intermediate-dim", type=int, default=128)
-    parser.add_argument("--dropout", type=float, help=note("dropout"))
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="dropout on the residual branches and the pooled output "
+        "(default 0.1)",
+    )
     parser.add_argument(
         "--attention-dropout",
         type=float,
@@ -155,18 +160,12 @@ def parse_args(argv=None):
         help="attention implementation (default auto)",
     )
     parser.add_argument(
-        "--learning-rate", type=float, help=note("learning_rate")
-    )
-    parser.add_argument(
         "--short-crops",
         type=float,
         default=0.1,
         help="fraction of training reviews replaced by short random windows",
     )
-    parser.add_argument("--tensorboard", action="store_true")
-    return common.parse_recipe_args(
-        parser, argv, DEFAULTS, SMOKE_DEFAULTS, INIT_DEFAULTS
-    )
+    return cli.parse_args(parser, argv, MODES)
 
 
 # ---------------------------------------------------------------- data
@@ -183,7 +182,7 @@ def load_splits(args):
                 "This recipe trains a binary classifier; `--data` has "
                 f"{len(names)} labels: {names}"
             )
-        splits, info = data.split_dataset(
+        splits, info = splitting.split_dataset(
             texts, labels, 0.2, 0.1, args.seed, label_names=names
         )
         info["dataset"] = str(args.data)
@@ -254,7 +253,7 @@ def build_model(args, vocab_size, encoder=None):
         x = scratch_encoder(token_ids, vocab_size, args)
         x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(x)
     else:
-        x, padding_mask = common.encode_with(encoder, token_ids)
+        x, padding_mask = training.encode_with(encoder, token_ids)
         x = keras.layers.GlobalAveragePooling1D(name="mean_pool")(
             x, mask=padding_mask
         )
@@ -274,26 +273,11 @@ def scratch_encoder(token_ids, vocab_size, args):
         name="embedding",
     )(token_ids)
     x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
-    for i in range(args.num_layers):
-        x = ksa.TransformerEncoder(
-            args.num_heads,
-            args.intermediate_dim,
-            dropout=args.dropout,
-            attention_dropout=args.attention_dropout,
-            implementation=args.attention,
-            activation="gelu",
-            name=f"encoder_{i}",
-        )(x)
-    return x
-
-
-def compile_model(model, args, steps):
-    schedule = common.warmup_cosine(args.learning_rate, steps)
-    model.compile(
-        optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01),
-        loss="binary_crossentropy",
-        metrics=["accuracy"],
-        jit_compile=keras.backend.backend() != "torch",
+    return training.encoder_blocks(
+        x,
+        args,
+        attention_dropout=args.attention_dropout,
+        implementation=args.attention,
     )
 
 
@@ -301,28 +285,15 @@ def compile_model(model, args, steps):
 
 
 def train(args):
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    keras.utils.set_random_seed(args.seed)
-    timer = common.Timer()
-    print(BACKEND_NOTE)
-    print(f"settings: {vars(args)}")
-    common.start_distribution(args)  # before any model is built
+    run = training.Run(args)
 
-    with timer("data"):
+    with run.phase("data"):
         splits, split_info, label_names = load_splits(args)
         print(f"split: {split_info}")
 
-    with timer("tokenize"):
-        encoder = None
-        if args.init:
-            encoder, tokenizer = common.load_pretrained(args)
-        else:
-            tokenizer = text.train_tokenizer(
-                splits["train"][0], vocab_size=args.vocab_size
-            )
-        text.save_tokenizer(tokenizer, out / "tokenizer.json")
-        cache = None if args.smoke else data.resolve_cache_dir() / "encoded"
+    with run.phase("tokenize"):
+        encoder, tokenizer = run.tokenizer(splits["train"][0])
+        cache = None if args.smoke else resolve_cache_dir() / "encoded"
         encoded = {
             name: (encode(tokenizer, texts, args, cache), labels)
             for name, (texts, labels) in splits.items()
@@ -335,7 +306,7 @@ def train(args):
             f"{args.max_length}"
         )
 
-    buckets = common.bucket_lengths(args.max_length)
+    buckets = batching.bucket_lengths(args.max_length)
     augment = None
     if args.short_crops > 0:
         augment = short_crops(
@@ -343,50 +314,31 @@ def train(args):
             tokenizer.token_to_id(text.CLS_TOKEN),
             tokenizer.token_to_id(text.SEP_TOKEN),
         )
-    # Evaluation has no gradients to hold: larger batches are cheaper.
     batches = {
-        name: common.make_batches(
-            ids,
-            labels.astype("float32"),
-            args.batch_size if name == "train" else 4 * args.batch_size,
-            buckets,
-            shuffle=name == "train",
-            seed=args.seed,
-            transform=augment if name == "train" else None,
-            multiple_of=ksa.distribution.batch_shards(),
+        name: run.batches(
+            name, ids, labels.astype("float32"), buckets, transform=augment
         )
         for name, (ids, labels) in encoded.items()
     }
-    left_out = {name: b.left_out for name, b in batches.items() if b.left_out}
-    if left_out:
-        print(f"rows left out so batches split evenly: {left_out}")
 
     model = build_model(args, tokenizer.get_vocab_size(), encoder)
-    compile_model(model, args, steps=len(batches["train"]) * args.epochs)
-    model.summary(print_fn=lambda line, **_: print(line))
-    common.print_sharding(model)
-    callbacks = [
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", patience=1, restore_best_weights=True
-        ),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
-    ]
-    if args.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out / "tensorboard")))
-
-    with timer("train"):
-        history = model.fit(
-            batches["train"],
-            validation_data=batches["validation"],
-            epochs=args.epochs,
-            callbacks=callbacks,
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
-    common.plot_learning_curves(
-        history.history, out / "learning_curves.png", ["loss", "accuracy"]
+    run.compile(
+        model,
+        steps=len(batches["train"]) * args.epochs,
+        weight_decay=0.01,
+        loss="binary_crossentropy",
+        metrics=["accuracy"],
+    )
+    run.fit(
+        model,
+        batches["train"],
+        monitor="val_accuracy",
+        patience=1,
+        curves=["loss", "accuracy"],
+        validation_data=batches["validation"],
     )
 
-    with timer("evaluate"):
+    with run.phase("evaluate"):
         test_loss, test_accuracy = model.evaluate(batches["test"], verbose=0)
         short_accuracy = short_review_accuracy(model, tokenizer, args)
         test_reviews = len(encoded["test"][1]) - batches["test"].left_out
@@ -396,25 +348,17 @@ def train(args):
             f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
         )
 
-    with timer("save and reload"):
-        path = out / "model.keras"
-        common.save_model_atomic(model, path)
-        common.check_reload(model, path, encoded["test"][0][:64])
-
-    metrics = {
-        "test_accuracy": float(test_accuracy),
-        "test_loss": float(test_loss),
-        "short_review_accuracy": float(short_accuracy),
-        "train_seconds": timer.seconds["train"],
-        "phase_seconds": timer.seconds,
-        "epochs_run": len(history.history["loss"]),
-        "backend": keras.backend.backend(),
-        "split": split_info,
-        "settings": vars(args),
-        "label_names": list(label_names),
-    }
-    common.write_json_atomic(metrics, out / "metrics.json")
-    print(f"wrote {out}/: model.keras tokenizer.json metrics.json ...")
+    run.save(model, encoded["test"][0][:64])
+    metrics = run.finish(
+        {
+            "test_accuracy": float(test_accuracy),
+            "test_loss": float(test_loss),
+            "short_review_accuracy": float(short_accuracy),
+            "split": split_info,
+            "label_names": list(label_names),
+        }
+    )
+    print(f"wrote {run.out}/: model.keras tokenizer.json metrics.json ...")
     return metrics
 
 
@@ -428,7 +372,7 @@ def short_review_accuracy(model, tokenizer, args):
 def predict_probabilities(model, tokenizer, texts, args):
     ids = encode(tokenizer, texts, args)
     width = max(int((ids != 0).sum(1).max()), 1)
-    return common.predict_rows(model, ids[:, :width])[:, 0]
+    return batching.predict_rows(model, ids[:, :width])[:, 0]
 
 
 # ---------------------------------------------------------------- predict
@@ -436,9 +380,9 @@ def predict_probabilities(model, tokenizer, texts, args):
 
 def predict(args):
     model_dir = Path(args.model_dir)
-    model, tokenizer, saved, settings = common.load_run(model_dir)
+    model, tokenizer, saved, settings = training.load_run(model_dir)
     label_names = saved["label_names"]
-    texts = common.input_texts(args.texts)
+    texts = cli.input_texts(args.texts)
     probabilities = predict_probabilities(model, tokenizer, texts, settings)
     for i, (review, p) in enumerate(zip(texts, probabilities)):
         label = label_names[int(p > 0.5)]
@@ -501,7 +445,7 @@ def explain(model, tokenizer, review, settings, path):
 
 
 def main(argv=None):
-    common.run_recipe(parse_args(argv), train, predict)
+    cli.run(parse_args(argv), train, predict)
 
 
 if __name__ == "__main__":

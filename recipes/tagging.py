@@ -1,5 +1,5 @@
-"""IOB2 tag sequences: entity spans, CoNLL entity scores, valid-transition
-decoding and word features for the NER recipe. Pure Python and NumPy.
+"""IOB2 tag sequences: entity spans, CoNLL entity scores and decoding by
+the best valid path (Viterbi). Pure Python and NumPy.
 
     >>> entity_spans(["B-PER", "I-PER", "O", "I-LOC"])
     [('PER', 0, 2), ('LOC', 3, 4)]
@@ -9,7 +9,7 @@ decoding and word features for the NER recipe. Pure Python and NumPy.
 
 import numpy as np
 
-from data import split_tag
+from recipes.data import split_tag
 
 
 # --------------------------------------------------------------- scoring
@@ -156,117 +156,3 @@ def viterbi_decode(scores, transitions, start):
     for t in range(n - 1, 0, -1):
         path[t - 1] = back[t, path[t]]
     return path
-
-
-def pack_sentences(token_counts, document_ids, budget):
-    """Group consecutive sentences of one document into chunks of at most
-    `budget` tokens, so the tagger reads each sentence in its context. A
-    sentence longer than `budget` gets a chunk of its own.
-
-    Returns:
-        list of chunks, each a list of sentence indices, in order.
-
-    >>> pack_sentences([3, 4, 2, 5, 1], [0, 0, 0, 1, 1], budget=7)
-    [[0, 1], [2], [3, 4]]
-    """
-    chunks, current, used = [], [], 0
-    for i, (count, document) in enumerate(zip(token_counts, document_ids)):
-        if current and (
-            document != document_ids[current[-1]] or used + count > budget
-        ):
-            chunks.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += count
-    if current:
-        chunks.append(current)
-    return chunks
-
-
-# -------------------------------------------------------- word features
-
-# Word shape classes; ids start at 1 (0 is padding), and each class has a
-# second id for the first word of a sentence, where a capital means less.
-SHAPES = (
-    "lower",
-    "title",
-    "upper",
-    "mixed",
-    "number",
-    "alphanumeric",
-    "punctuation",
-    "other",
-)
-NUM_SHAPE_IDS = 1 + 2 * len(SHAPES)
-# Characters are UTF-8 bytes + 1 (0 is padding): no vocabulary to store.
-NUM_CHAR_IDS = 257
-
-
-def word_shape(word):
-    """The word's shape class, one of `SHAPES`.
-
-    >>> [word_shape(w) for w in ["the", "Paris", "EU", "McDonald", "1996",
-    ...                          "F-16", ".", "über"]]
-    ['lower', 'title', 'upper', 'mixed', 'number', 'alphanumeric', \
-'punctuation', 'lower']
-    """
-    letters = [c for c in word if c.isalpha()]
-    digits = any(c.isdigit() for c in word)
-    if letters and digits:
-        return "alphanumeric"
-    if digits:
-        return "number"
-    if not letters:
-        return "punctuation" if all(not c.isalnum() for c in word) else "other"
-    if all(c.islower() for c in letters):
-        return "lower"
-    if all(c.isupper() for c in letters):
-        return "title" if len(letters) == 1 else "upper"
-    if letters[0].isupper() and all(c.islower() for c in letters[1:]):
-        return "title"
-    return "mixed"
-
-
-def shape_id(word, first_in_sentence):
-    return 1 + 2 * SHAPES.index(word_shape(word)) + int(first_in_sentence)
-
-
-def char_ids(word, max_chars):
-    """UTF-8 bytes + 1 of the word, its head and tail kept if too long,
-    zero-padded to `max_chars`."""
-    data = word.encode("utf-8")
-    if len(data) > max_chars:
-        head = max_chars // 2
-        data = data[:head] + data[len(data) - (max_chars - head) :]
-    ids = np.zeros(max_chars, dtype=np.int32)
-    ids[: len(data)] = np.frombuffer(data, dtype=np.uint8).astype(np.int32) + 1
-    return ids
-
-
-def token_word_features(word_ids, rows, max_chars, sentence_starts=None):
-    """Per-token shape ids `(n, L)` and character ids `(n, L, max_chars)`
-    of the word each token belongs to (zeros where there is no word).
-
-    Args:
-        word_ids: int `(n, L)`, -1 where a token has no word.
-        rows: per row, its list of words.
-        max_chars: bytes kept per word (see `char_ids`).
-        sentence_starts: per row, the indices of the words that begin a
-            sentence (default: only word 0), for rows that hold several.
-    """
-    word_ids = np.asarray(word_ids)
-    shapes = np.zeros(word_ids.shape, dtype=np.int32)
-    chars = np.zeros((*word_ids.shape, max_chars), dtype=np.int32)
-    for row, words in enumerate(rows):
-        positions = np.flatnonzero(word_ids[row] >= 0)
-        if not len(positions):
-            continue
-        starts = {0} if sentence_starts is None else set(sentence_starts[row])
-        word_shapes = np.array(
-            [shape_id(w, i in starts) for i, w in enumerate(words)], np.int32
-        )
-        word_chars = np.stack([char_ids(w, max_chars) for w in words])
-        owners = word_ids[row, positions]
-        shapes[row, positions] = word_shapes[owners]
-        chars[row, positions] = word_chars[owners]
-    return shapes, chars

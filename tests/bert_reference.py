@@ -11,7 +11,7 @@ residual, LayerNorm.
 import math
 
 import numpy as np
-from conftest import numpy_attention
+from support import numpy_attention
 
 _erf = np.vectorize(math.erf)
 

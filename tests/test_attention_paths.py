@@ -8,12 +8,12 @@ memory.
 
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import grads
-from conftest import jit
-from conftest import numpy_attention
-from conftest import numpy_attention_grads
-from conftest import to_numpy
+from support import BACKEND
+from support import grads
+from support import jit
+from support import numpy_attention
+from support import numpy_attention_grads
+from support import to_numpy
 from keras import ops
 
 from keras_selfattn.ops import BLOCK_SIZE

@@ -2,22 +2,15 @@
 NumPy: log-likelihood, its gradient, compiled, trained, saved and
 reloaded, on the current backend."""
 
-import doctest
 import itertools
-import sys
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import grads, jit, to_numpy
+from support import grads, jit, to_numpy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import crf  # noqa: E402
-import tagging  # noqa: E402
-
-from keras_selfattn import text  # noqa: E402
+from keras_selfattn import text
+from recipes import crf, tagging
 
 TAGS = ["O", "B-A", "I-A", "B-B", "I-B"]
 
@@ -158,8 +151,3 @@ def test_tagger_trains_compiled_saves_and_reloads(tmp_path):
         loaded.get_layer("crf").transition_scores(), (transitions, start)
     ):
         np.testing.assert_array_equal(got, want)
-
-
-def test_doctests():
-    failures, _ = doctest.testmod(crf)
-    assert failures == 0

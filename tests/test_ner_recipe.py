@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND, reload_difference, run_script
+from support import BACKEND, BACKENDS, reload_difference, run_script
 from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
+
+# End to end, in fresh processes: runs once per `make test`, under its
+# first backend, and loads the saved model under the other two.
+pytestmark = pytest.mark.once
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "ner.py"
@@ -85,8 +89,6 @@ def smoke_args(data_dir, out, *extra):
         "8",
         "--learning-rate",
         "3e-3",
-        "--char-filters",
-        "16",
         *extra,
     ]
 
@@ -158,9 +160,7 @@ def test_predict_prints_entities_with_character_offsets(trained):
     assert from_stdin == entities
 
 
-@pytest.mark.parametrize(
-    "other", [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
-)
+@pytest.mark.parametrize("other", [b for b in BACKENDS if b != BACKEND])
 def test_saved_model_tags_the_same_under_other_backends(trained, other):
     out, _ = trained
     texts = ["John Smith said Reuters fell in Lima .", "the match ended ."]
@@ -180,11 +180,12 @@ def test_init_fine_tunes_a_pretrained_encoder(tmp_path):
         tmp_path / "bert", random_tensors(config), config, corpus
     )
     out = tmp_path / "run"
-    # One sentence a row: the 400 smoke sentences then give 25 steps an
-    # epoch (document rows would give 4, too few for a random encoder).
+    # Rows hold consecutive sentences (up to 64 tokens): the 400 smoke
+    # sentences fill 129 rows, 65 steps an epoch at 2 rows a batch (at
+    # the smoke default of 16, 9 steps: too few for a random encoder).
     stdout = run(
         smoke_args(
-            tmp_path, out, "--init", str(checkpoint), "--context", "sentence"
+            tmp_path, out, "--init", str(checkpoint), "--batch-size", "2"
         )
     )
     metrics = json.loads((out / "metrics.json").read_text())

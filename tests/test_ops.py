@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import BACKEND
-from conftest import grads
-from conftest import jit
-from conftest import numpy_attention
-from conftest import to_numpy
+from support import BACKEND
+from support import grads
+from support import jit
+from support import numpy_attention
+from support import to_numpy
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st

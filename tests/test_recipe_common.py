@@ -1,23 +1,25 @@
-"""Recipe plumbing: bucketed batches, crops, atomic saves."""
+"""Recipe plumbing: bucketed batches, crops, atomic saves, the schedule,
+the command line's defaults, and every example in the recipes' docstrings.
+"""
 
 import doctest
-import sys
+import importlib.util
+import pkgutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
-
-import common
-from sentiment import short_crops
+import recipes
+from keras_selfattn.downloads import atomic_write
+from recipes import batching, ner, sentiment, training
 
 
 def test_bucket_lengths():
-    assert common.bucket_lengths(512) == (32, 64, 128, 256, 512)
-    assert common.bucket_lengths(384) == (32, 64, 128, 256, 384)
-    assert common.bucket_lengths(20) == (20,)
+    assert batching.bucket_lengths(512) == (32, 64, 128, 256, 512)
+    assert batching.bucket_lengths(384) == (32, 64, 128, 256, 384)
+    assert batching.bucket_lengths(20) == (20,)
 
 
 def test_batches_cover_every_row_once_at_the_smallest_bucket():
@@ -27,8 +29,8 @@ def test_batches_cover_every_row_once_at_the_smallest_bucket():
     for row, length in enumerate(lengths):
         ids[row, :length] = row + 1  # row id, so rows can be traced
     targets = np.arange(203)
-    buckets = common.bucket_lengths(100)
-    batches = common.make_batches(ids, targets, 16, buckets, shuffle=True)
+    buckets = batching.bucket_lengths(100)
+    batches = batching.make_batches(ids, targets, 16, buckets, shuffle=True)
     seen = []
     for i in range(len(batches)):
         batch, batch_targets = batches[i]
@@ -39,7 +41,7 @@ def test_batches_cover_every_row_once_at_the_smallest_bucket():
     assert sorted(seen) == list(range(203))
     # Two widths first: TensorFlow's adapter then keeps the length dynamic.
     assert batches[0][0].shape[1] != batches[1][0].shape[1]
-    ordered = common.make_batches(ids, targets, 16, buckets, shuffle=False)
+    ordered = batching.make_batches(ids, targets, 16, buckets, shuffle=False)
     assert ordered[0][0].shape[1] != ordered[1][0].shape[1]
     first_order = [batches[i][1][0] for i in range(len(batches))]
     batches.on_epoch_end()
@@ -57,7 +59,7 @@ def test_batches_of_named_inputs_cut_every_sequence_array():
         batch["chars"] = batch["chars"] * 2
         return batch
 
-    batches = common.make_batches(
+    batches = batching.make_batches(
         inputs, labels, 8, (16, 40), shuffle=True, transform=double_chars
     )
     rows = []
@@ -80,7 +82,7 @@ def test_short_crops_keep_a_contiguous_window():
     batch[:, 0] = cls_id
     batch[:, 1:61] = np.arange(100, 160)
     batch[:, 61] = sep_id
-    out = short_crops(1.0, cls_id, sep_id)(
+    out = sentiment.short_crops(1.0, cls_id, sep_id)(
         batch.copy(), np.random.default_rng(1)
     )
     assert out.shape == batch.shape
@@ -92,7 +94,10 @@ def test_short_crops_keep_a_contiguous_window():
         np.testing.assert_array_equal(np.diff(window), 1)  # contiguous
 
 
-def test_failed_save_keeps_the_good_file(tmp_path):
+def test_atomic_model_save_loads_and_a_failed_one_keeps_the_good_file(
+    tmp_path,
+):
+    """How the recipes save: `atomic_write(path, model.save)`."""
     path = tmp_path / "model.keras"
     path.write_bytes(b"good model")
 
@@ -102,15 +107,12 @@ def test_failed_save_keeps_the_good_file(tmp_path):
             raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        common.save_model_atomic(Broken(), path)
+        atomic_write(path, Broken().save)
     assert path.read_bytes() == b"good model"
     assert list(tmp_path.iterdir()) == [path]
-
-
-def test_save_model_atomic_writes_a_loadable_model(tmp_path):
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    common.save_model_atomic(model, tmp_path / "m.keras")
-    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    atomic_write(path, model.save)
+    loaded = keras.saving.load_model(path)
     x = np.ones((1, 3), "float32")
     np.testing.assert_array_equal(
         loaded.predict(x, verbose=0), model.predict(x, verbose=0)
@@ -118,7 +120,7 @@ def test_save_model_atomic_writes_a_loadable_model(tmp_path):
 
 
 def test_warmup_cosine_rises_then_decays_to_zero():
-    schedule = common.warmup_cosine(1e-3, steps=100)
+    schedule = training.warmup_cosine(1e-3, steps=100)
     rates = [float(keras.ops.convert_to_numpy(schedule(s))) for s in range(101)]
     assert rates[0] == 0.0
     np.testing.assert_allclose(rates[5], 5e-4, rtol=1e-5)
@@ -153,8 +155,8 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
     for row, length in enumerate(lengths):
         ids[row, :length] = rng.integers(1, 50, size=length)
     labels = rng.integers(0, 2, size=(300, 1)).astype("float32")
-    buckets = common.bucket_lengths(64, smallest=16)
-    batches = common.make_batches(ids, labels, 16, buckets, shuffle=True)
+    buckets = batching.bucket_lengths(64, smallest=16)
+    batches = batching.make_batches(ids, labels, 16, buckets, shuffle=True)
 
     tokens = keras.Input((None,), dtype="int32")
     x = ksa.TokenAndPositionEmbedding(50, 64, 8, mask_zero=True)(tokens)
@@ -180,8 +182,6 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
 
 
 def test_defaults_layer_smoke_then_init_then_plain():
-    import ner
-
     plain = ner.parse_args([])  # fine-tunes the default checkpoint
     assert plain.init == ner.DEFAULT_INIT == "all-MiniLM-L6-v2"
     for name, value in ner.INIT_DEFAULTS.items():
@@ -200,22 +200,53 @@ def test_defaults_layer_smoke_then_init_then_plain():
 
 
 def test_sentiment_trains_from_scratch_by_default():
-    import sentiment
-
     assert sentiment.parse_args([]).init is None
 
 
 def test_help_gives_the_defaults_the_run_applies(capsys):
-    import ner
-
     with pytest.raises(SystemExit):
         ner.parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     epochs = ner.INIT_DEFAULTS["epochs"], ner.DEFAULTS["epochs"]
     assert "default {} (--init none: {})".format(*epochs) in text
-    # Options only the from-scratch mode sets say nothing of --init none.
-    assert f"default {ner.DEFAULTS['vocab_size']} " in text
+    # An option only the from-scratch mode sets says nothing of --init none.
+    assert "max_length" not in ner.INIT_DEFAULTS
+    assert f"default {ner.DEFAULTS['max_length']} " in text
+    # Settings that are no options still take their mode's value.
+    assert "--vocab-size" not in text
+    assert (
+        ner.parse_args(["--smoke", "--init", "none"]).vocab_size
+        == (ner.SMOKE_DEFAULTS["vocab_size"])
+    )
+
+
+def modules_with_examples():
+    """The recipes' modules whose source holds a `>>>` example."""
+    names = []
+    for info in pkgutil.iter_modules(recipes.__path__, "recipes."):
+        path = importlib.util.find_spec(info.name).origin
+        if ">>>" in Path(path).read_text(encoding="utf-8"):
+            names.append(info.name)
+    return names
+
+
+def test_the_modules_with_examples_are_found():
+    assert {
+        "recipes.cli",
+        "recipes.crf",
+        "recipes.data",
+        "recipes.distributed",
+        "recipes.splitting",
+        "recipes.tagger_inputs",
+        "recipes.tagging",
+    } <= set(modules_with_examples())
+
+
+@pytest.mark.parametrize("name", modules_with_examples())
+def test_docstring_examples_pass(name):
+    module = importlib.import_module(name)
     finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
-    for test in finder.find(common.default_notes, "default_notes"):
+    for test in finder.find(module, name):
         runner.run(test)
-    assert runner.failures == 0 and runner.tries > 0
+    assert runner.tries > 0, f"no examples found in {name}"
+    assert runner.failures == 0, f"{runner.failures} examples failed in {name}"

@@ -10,8 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BACKEND, reload_difference, run_script
+from support import BACKEND, BACKENDS, reload_difference, run_script
 from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
+
+# End to end, in fresh processes: runs once per `make test`, under its
+# first backend, and loads the saved model under the other two.
+pytestmark = pytest.mark.once
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "sentiment.py"
@@ -112,9 +116,7 @@ def test_explain_writes_a_heat_map(trained):
     assert (out / "explain_0.png").stat().st_size > 0, stdout
 
 
-@pytest.mark.parametrize(
-    "other", [b for b in ("tensorflow", "jax", "torch") if b != BACKEND]
-)
+@pytest.mark.parametrize("other", [b for b in BACKENDS if b != BACKEND])
 def test_saved_model_predicts_the_same_under_other_backends(trained, other):
     out, _ = trained
     texts = ["great moving story", "dull and pointless", "the film was a plot"]

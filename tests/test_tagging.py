@@ -1,18 +1,16 @@
 """CoNLL entity scoring (against seqeval), valid-transition decoding and
-word features of the NER recipe. Pure NumPy: the same on every backend."""
+the character ids of the NER recipe. Pure NumPy: the same on every
+backend."""
 
-import doctest
 import itertools
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from seqeval import metrics as seqeval_metrics
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "recipes"))
+from recipes import tagger_inputs, tagging
 
-import tagging  # noqa: E402
+pytestmark = pytest.mark.once
 
 TAGS = ["O", "B-LOC", "I-LOC", "B-MISC", "I-MISC", "B-ORG", "I-ORG",
         "B-PER", "I-PER"]  # fmt: skip
@@ -217,29 +215,20 @@ def test_viterbi_repairs_an_invalid_argmax():
     assert [TAGS[i] for i in path] == ["O", "B-PER", "I-PER"]
 
 
-def test_word_features():
-    assert tagging.shape_id("Paris", True) == tagging.shape_id("Paris", 0) + 1
-    ids = {tagging.shape_id(w, f) for w in ("a", "A", "1", "?") for f in (0, 1)}
-    assert len(ids) == 8 and max(ids) < tagging.NUM_SHAPE_IDS
-    assert tagging.char_ids("Ab", 4).tolist() == [66, 99, 0, 0]
-    assert tagging.char_ids("é", 3).tolist() == [0xC3 + 1, 0xA9 + 1, 0]
-    long = tagging.char_ids("abcdefgh", 4)  # head and tail kept
+def test_char_ids():
+    assert tagger_inputs.char_ids("Ab", 4).tolist() == [66, 99, 0, 0]
+    assert tagger_inputs.char_ids("é", 3).tolist() == [0xC3 + 1, 0xA9 + 1, 0]
+    long = tagger_inputs.char_ids("abcdefgh", 4)  # head and tail kept
     assert bytes(int(i) - 1 for i in long) == b"abgh"
-    assert tagging.char_ids("x" * 300, 20).max() < tagging.NUM_CHAR_IDS
+    too_long = tagger_inputs.char_ids("x" * 300, 20)
+    assert too_long.max() < tagger_inputs.NUM_CHAR_IDS
 
 
-def test_token_word_features_follow_word_ids():
+def test_token_char_ids_follow_word_ids():
     word_ids = np.array([[-1, 0, 1, 1, 1, -1, -1], [-1, 0, -1, -1, -1, -1, -1]])
     sentences = [["EU", "Frankfurter"], ["x"]]
-    shapes, chars = tagging.token_word_features(word_ids, sentences, 6)
-    upper_first = tagging.shape_id("EU", True)
-    title = tagging.shape_id("Frankfurter", False)
-    assert shapes[0].tolist() == [0, upper_first, title, title, title, 0, 0]
+    chars = tagger_inputs.token_char_ids(word_ids, sentences, 6)
+    assert bytes(int(i) - 1 for i in chars[0, 1] if i) == b"EU"
     assert (chars[0, 2] == chars[0, 4]).all()
     assert bytes(int(i) - 1 for i in chars[0, 3]) == b"Frater"
     assert not chars[0, [0, 5, 6]].any() and not chars[1, 2:].any()
-
-
-def test_doctests():
-    failures, _ = doctest.testmod(tagging)
-    assert failures == 0

@@ -1,0 +1,166 @@
+"""The recipes' command line: the options both take, the defaults that
+depend on the mode (`--smoke`, `--init`), and the two commands (train,
+`predict`)."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from recipes import distributed, reporting
+
+
+class ModeDefaults:
+    """Defaults that depend on the mode. `plain` holds every such setting
+    (training from scratch); `smoke` and `init` override some of them
+    under `--smoke` and under `--init` (fine-tuning `default_init` unless
+    told otherwise), `--smoke`'s first. An option given on the command
+    line wins over all of them; a setting with no option is set as well.
+    """
+
+    def __init__(self, plain, smoke, init, default_init=None):
+        self.plain, self.smoke, self.init = plain, smoke, init
+        self.default_init = default_init
+
+    def note(self, name):
+        """The help text's default of option `name`: what a plain run
+        takes, then the other `--init` mode's value where it differs.
+
+        >>> modes = ModeDefaults({"epochs": 12, "dropout": 0.1}, {},
+        ...                      {"epochs": 2})
+        >>> modes.note("epochs"), modes.note("dropout")
+        ('default 12 (--init: 2)', 'default 0.1')
+        """
+        fine_tuning = {**self.plain, **self.init}
+        if self.default_init:
+            plain, other, flag = fine_tuning, self.plain, "--init none"
+        else:
+            plain, other, flag = self.plain, fine_tuning, "--init"
+        parts = [f"default {plain[name]}"] if name in plain else []
+        if name in other and other[name] != plain.get(name):
+            parts.append(f"({flag}: {other[name]})")
+        return " ".join(parts)
+
+    def apply(self, args):
+        """Set every setting of `args` left unset (None) from the layers."""
+        layers = [self.smoke] if args.smoke else []
+        if args.init:
+            layers.append(self.init)
+        for values in layers + [self.plain]:
+            for name, value in values.items():
+                if getattr(args, name, None) is None:
+                    setattr(args, name, value)
+
+
+def recipe_parser(description, run_dir, predict_help, modes, model_size):
+    """The options both recipes take, and a `predict` subcommand with
+    `texts` and `--model-dir`. `modes` (a `ModeDefaults`) gives the
+    defaults of `--init`, `--epochs`, `--batch-size`, `--max-length` and
+    `--learning-rate`; `model_size` those of the from-scratch model's
+    `--embedding-dim`, `--num-layers`, `--num-heads` and
+    `--intermediate-dim`. Returns `(parser, predict_parser)` to add to."""
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawTextHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command")
+    pred = sub.add_parser("predict", help=predict_help)
+    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
+    pred.add_argument("--model-dir", default=run_dir)
+    parser.add_argument("--output-dir", default=run_dir)
+    parser.add_argument("--seed", type=int, default=1337)
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="whole path on a tiny slice, in a minute or two",
+    )
+    parser.add_argument(
+        "--init",
+        metavar="CHECKPOINT",
+        default=modes.default_init,
+        help="fine-tune a pretrained BERT-family encoder: all-MiniLM-L6-v2 "
+        "or a checkpoint directory (config.json, model.safetensors, "
+        "tokenizer.json); its tokenizer replaces the trained one and the "
+        "width/layer options do not apply. 'none' trains from scratch. "
+        f"Default: {modes.default_init or 'none'}",
+    )
+    note = modes.note
+    parser.add_argument("--epochs", type=int, help=note("epochs"))
+    parser.add_argument("--batch-size", type=int, help=note("batch_size"))
+    parser.add_argument("--max-length", type=int, help=note("max_length"))
+    parser.add_argument(
+        "--learning-rate", type=float, help=note("learning_rate")
+    )
+    for name, default in model_size.items():
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=default,
+            help=f"from-scratch model size; default {default}",
+        )
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard logs to <output-dir>/tensorboard",
+    )
+    parser.add_argument(
+        "--distribute",
+        choices=("data", "model"),
+        help="train on several devices (JAX): data = every device holds the "
+        "model and a slice of each batch; model = the attention heads, "
+        "feed-forward and embeddings are split across devices too",
+    )
+    parser.add_argument(
+        "--mesh",
+        type=mesh_shape,
+        metavar="BATCH[,MODEL]",
+        help="device mesh for --distribute: batch x model sizes, e.g. 2,2 "
+        "(default: all devices on the batch axis for data; for model, the "
+        "largest model axis that the split sizes --num-heads, "
+        "--intermediate-dim and --embedding-dim allow, the rest on batch)",
+    )
+    return parser, pred
+
+
+def mesh_shape(text):
+    """`"2,2"` -> `(2, 2)` (batch, model); `"4"` -> `(4,)`."""
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not 1 <= len(shape) <= 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            "expected BATCH,MODEL sizes such as 2,2 or one batch size such "
+            f"as 4. Received: {text!r}"
+        )
+    return shape
+
+
+def parse_args(parser, argv, modes):
+    """Parse `argv`; `--init none` becomes None and the settings left
+    unset take their mode's defaults (`modes`)."""
+    args = parser.parse_args(argv)
+    if args.init and args.init.lower() == "none":
+        args.init = None
+    modes.apply(args)
+    if args.command != "predict":
+        distributed.check_args(parser, args)
+    return args
+
+
+def run(args, train, predict):
+    """The `predict` subcommand, or a training run whose output is also
+    written to `<output_dir>/train.log`."""
+    if args.command == "predict":
+        predict(args)
+        return
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with reporting.Tee(out / "train.log"):
+        train(args)
+
+
+def input_texts(texts):
+    """`texts` if any were given, else the non-empty lines of stdin."""
+    texts = texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SystemExit("No texts given (arguments or stdin lines).")
+    return texts
