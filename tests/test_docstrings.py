@@ -1,4 +1,5 @@
-"""Every docstring example in the library runs, under every backend."""
+"""Every docstring example in the library and the recipes runs, under
+every backend."""
 
 import doctest
 import importlib.util
@@ -8,27 +9,43 @@ from pathlib import Path
 import pytest
 
 import keras_selfattn
+import recipes
 
 
-def modules_with_examples():
-    """Names of the library's modules whose source holds a `>>>` example."""
-    names = []
-    prefix = "keras_selfattn."
-    for info in pkgutil.walk_packages(keras_selfattn.__path__, prefix):
-        path = importlib.util.find_spec(info.name).origin
-        if ">>>" in Path(path).read_text(encoding="utf-8"):
-            names.append(info.name)
-    return ["keras_selfattn", *sorted(names)]
+def modules_with_examples(package):
+    """Names of the modules of `package` whose source holds a `>>>`
+    example (the package itself counts too)."""
+    prefix = package.__name__ + "."
+    names = [package.__name__] + [
+        info.name for info in pkgutil.walk_packages(package.__path__, prefix)
+    ]
+    return sorted(name for name in names if ">>>" in _source(name))
 
 
-MODULES = modules_with_examples()
+def _source(name):
+    path = importlib.util.find_spec(name).origin
+    return Path(path).read_text(encoding="utf-8")
+
+
+MODULES = modules_with_examples(keras_selfattn) + modules_with_examples(recipes)
 # Its examples build a model on a device mesh: they run in
 # tests/test_distribution.py, in a JAX process with 4 simulated devices.
 ON_A_MESH = {"keras_selfattn.distribution"}
 
 
 def test_the_modules_with_examples_are_found():
-    assert {"keras_selfattn.downloads", "keras_selfattn.text"} <= set(MODULES)
+    assert {
+        "keras_selfattn",
+        "keras_selfattn.downloads",
+        "keras_selfattn.text",
+        "recipes.cli",
+        "recipes.crf",
+        "recipes.data",
+        "recipes.distributed",
+        "recipes.splitting",
+        "recipes.tagger_inputs",
+        "recipes.tagging",
+    } <= set(MODULES)
 
 
 @pytest.mark.parametrize("name", MODULES)

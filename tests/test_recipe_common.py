@@ -1,17 +1,13 @@
 """Recipe plumbing: bucketed batches, crops, atomic saves, the schedule,
-the command line's defaults, and every example in the recipes' docstrings.
+the command line's defaults.
 """
 
-import doctest
-import importlib.util
-import pkgutil
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-import recipes
 from keras_selfattn.downloads import atomic_write
 from recipes import batching, ner, sentiment, training
 
@@ -218,35 +214,3 @@ def test_help_gives_the_defaults_the_run_applies(capsys):
         ner.parse_args(["--smoke", "--init", "none"]).vocab_size
         == (ner.SMOKE_DEFAULTS["vocab_size"])
     )
-
-
-def modules_with_examples():
-    """The recipes' modules whose source holds a `>>>` example."""
-    names = []
-    for info in pkgutil.iter_modules(recipes.__path__, "recipes."):
-        path = importlib.util.find_spec(info.name).origin
-        if ">>>" in Path(path).read_text(encoding="utf-8"):
-            names.append(info.name)
-    return names
-
-
-def test_the_modules_with_examples_are_found():
-    assert {
-        "recipes.cli",
-        "recipes.crf",
-        "recipes.data",
-        "recipes.distributed",
-        "recipes.splitting",
-        "recipes.tagger_inputs",
-        "recipes.tagging",
-    } <= set(modules_with_examples())
-
-
-@pytest.mark.parametrize("name", modules_with_examples())
-def test_docstring_examples_pass(name):
-    module = importlib.import_module(name)
-    finder, runner = doctest.DocTestFinder(), doctest.DocTestRunner()
-    for test in finder.find(module, name):
-        runner.run(test)
-    assert runner.tries > 0, f"no examples found in {name}"
-    assert runner.failures == 0, f"{runner.failures} examples failed in {name}"
