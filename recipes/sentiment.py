@@ -190,12 +190,9 @@ def load_splits(args):
     texts, labels = data.load_imdb()
     splits, info = data.split_imdb(texts, labels, seed=args.seed)
     if args.smoke:
-        splits = {
-            name: (split_texts[:n], split_labels[:n])
-            for (name, (split_texts, split_labels)), n in zip(
-                splits.items(), (600, 200, 200)
-            )
-        }
+        splits, _ = splitting.first_rows(
+            splits, dict(zip(splits, (600, 200, 200)))
+        )
         info["smoke"] = {name: len(s[0]) for name, s in splits.items()}
     return cap_splits(splits, info, args), info, LABEL_NAMES
 
@@ -203,12 +200,10 @@ def load_splits(args):
 def cap_splits(splits, info, args):
     """The first `--train-size` / `--test-size` rows of the (shuffled,
     stratified) splits; the sizes used are recorded in `info`."""
-    caps = {"train": args.train_size, "test": args.test_size}
-    for name, cap in caps.items():
-        texts, labels = splits[name]
-        if cap is not None and cap < len(texts):
-            splits[name] = (texts[:cap], labels[:cap])
-            info.setdefault("subset", {})[name] = cap
+    sizes = {"train": args.train_size, "test": args.test_size}
+    splits, cut = splitting.first_rows(splits, sizes)
+    if cut:
+        info["subset"] = cut
     return splits
 
 

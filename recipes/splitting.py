@@ -140,3 +140,21 @@ def split_dataset(
         ),
     }
     return splits, info
+
+
+def first_rows(splits, sizes):
+    """`splits` with the named ones cut to their first `sizes[name]` rows
+    (None, or more rows than a split holds: all of it), and the sizes
+    that cut a split.
+
+    >>> first_rows({"a": ([1, 2, 3], [0, 1, 0]), "b": ([4], [1])},
+    ...            {"a": 2, "b": 5})
+    ({'a': ([1, 2], [0, 1]), 'b': ([4], [1])}, {'a': 2})
+    """
+    cut = {}
+    for name, size in sizes.items():
+        texts, labels = splits[name]
+        if size is not None and size < len(texts):
+            splits = {**splits, name: (texts[:size], labels[:size])}
+            cut[name] = size
+    return splits, cut
