@@ -17,7 +17,7 @@ def later_backends():
     """The backends after this one in `BACKENDS`: a cross-backend check
     parametrized over them runs once per pair when the suite runs under
     every backend."""
-    return [b for b in BACKENDS[BACKENDS.index(BACKEND) + 1 :]]
+    return list(BACKENDS[BACKENDS.index(BACKEND) + 1 :])
 
 
 def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
