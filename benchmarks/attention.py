@@ -41,16 +41,25 @@ def build_layer(name, width, heads):
     )
 
 
-def padding_mask(batch, length):
-    """`(B, 1, L)`: sequence `b` keeps its first `L * (7 - b) / 8` tokens."""
+def padding_mask(batch, length, form="padding"):
+    """Sequence `b` keeps its first `L * (7 - b) / 8` tokens.
+
+    `form="padding"`: the `(B, 1, L)` key mask; `"dense"`: the same mask
+    broadcast to `(B, L, L)`, as keras-hub's encoders pass it.
+    """
     valid = length * (7 - np.arange(batch) % 4) // 8
-    return (np.arange(length)[None, :] < valid[:, None])[:, None, :]
+    mask = (np.arange(length)[None, :] < valid[:, None])[:, None, :]
+    if form == "dense":
+        mask = np.ascontiguousarray(
+            np.broadcast_to(mask, (batch, length, length))
+        )
+    return mask
 
 
 def make_step(layer, inputs, mask):
     """A callable running one forward + backward step to completion."""
     backend = keras.backend.backend()
-    layer(inputs[:, :8], inputs[:, :8], attention_mask=mask[:, :, :8])  # build
+    layer(inputs[:, :8], inputs[:, :8], attention_mask=mask[:, :8, :8])  # build
     if backend == "jax":
         return _jax_step(layer, inputs, mask)
     if backend == "tensorflow":
@@ -138,7 +147,7 @@ def time_layers(names, length, options):
     inputs = rng.standard_normal(
         (options.batch, length, options.width), dtype=np.float32
     )
-    mask = padding_mask(options.batch, length)
+    mask = padding_mask(options.batch, length, options.mask)
     steps = {}
     for name in names:
         keras.utils.set_random_seed(0)
@@ -169,6 +178,8 @@ def peak_rss_mb(name, length, options):
         str(options.width),
         "--heads",
         str(options.heads),
+        "--mask",
+        options.mask,
     ]
     result = subprocess.run(
         command, capture_output=True, text=True, env=os.environ.copy()
@@ -187,7 +198,7 @@ def run_one(name, length, options):
     step = make_step(
         build_layer(name, options.width, options.heads),
         inputs,
-        padding_mask(options.batch, length),
+        padding_mask(options.batch, length, options.mask),
     )
     step()
     step()
@@ -212,6 +223,12 @@ def main():
         choices=keras_selfattn.ops.IMPLEMENTATIONS,
         help="our implementations to time (default: auto)",
     )
+    parser.add_argument(
+        "--mask",
+        choices=["padding", "dense"],
+        default="padding",
+        help="the padding mask as (B, 1, S) or broadcast to (B, T, S)",
+    )
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -223,7 +240,7 @@ def main():
     print(
         f"backend {backend} ({'eager' if backend == 'torch' else 'XLA'}); "
         f"batch {options.batch}, width {options.width}, {options.heads} "
-        f"heads, padding mask; forward + backward"
+        f"heads, {options.mask} mask; forward + backward"
     )
     if options.memory:
         print(f"{'length':>6} " + " ".join(f"{n + ' MB':>14}" for n in names))

@@ -13,6 +13,7 @@ Example:
 
 from keras_selfattn import distribution, ops
 from keras_selfattn.layers import (
+    GroupedQueryAttention,
     MultiHeadAttention,
     SelfAttention,
     SinusoidalPositionEncoding,
@@ -21,9 +22,14 @@ from keras_selfattn.layers import (
 )
 from keras_selfattn.ops import scaled_dot_product_attention
 
+# keras exports its layer as `keras.layers.GroupQueryAttention`.
+GroupQueryAttention = GroupedQueryAttention
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "GroupQueryAttention",
+    "GroupedQueryAttention",
     "MultiHeadAttention",
     "SelfAttention",
     "SinusoidalPositionEncoding",

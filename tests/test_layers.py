@@ -494,8 +494,10 @@ def test_bad_mha_inputs_at_call_time():
     layer(x)
     with pytest.raises(ValueError, match=r"query_mask.shape=\(2, 3\)"):
         layer(x, query_mask=np.ones((2, 3), bool))
-    with pytest.raises(ValueError, match=r"attention_mask.shape=\(4, 4\)"):
-        layer(x, attention_mask=np.ones((4, 4), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(2, 3, 4\)"):
+        layer(x, attention_mask=np.ones((2, 3, 4), bool))
+    with pytest.raises(ValueError, match=r"attention_mask.shape=\(4,\)"):
+        layer(x, attention_mask=np.ones((4,), bool))
     with pytest.raises(TypeError, match="query.dtype=int32"):
         layer(np.zeros((2, 4, 6), "int32"))
     with pytest.raises(ValueError, match=r"query.shape=\(2, 4, 5\)"):

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_rate
+from keras_selfattn._validation import check_positive_int, check_rate
 from keras_selfattn.ops import (
     attention_core,
     check_dtype,
@@ -20,23 +20,39 @@ def clone_initializer(initializer):
     return initializer.__class__.from_config(initializer.get_config())
 
 
-def set_attention_options(layer, dropout, seed, implementation):
+def set_attention_options(
+    layer,
+    dropout,
+    seed,
+    implementation,
+    flash_attention=None,
+    sliding_window=None,
+):
     """Check and set what every attention layer takes: the dropout rate on
-    the probabilities, its seed, and the implementation (which must be
-    able to apply that dropout); the layer supports Keras masks."""
+    the probabilities, its seed, the implementation (which must be able to
+    apply that dropout), `flash_attention` and `sliding_window` (see
+    `keras_selfattn.ops.scaled_dot_product_attention`); the layer supports
+    Keras masks."""
     layer.dropout = check_rate("dropout", dropout)
     layer.seed = seed
     layer.seed_generator = keras.random.SeedGenerator(seed)
     layer.implementation = check_implementation(
-        implementation, needs_probabilities=layer.dropout > 0.0
+        implementation,
+        needs_probabilities=layer.dropout > 0.0,
+        flash_attention=flash_attention,
+    )
+    layer.flash_attention = flash_attention
+    layer.sliding_window = check_positive_int(
+        "sliding_window", sliding_window, allow_none=True
     )
     layer.supports_masking = True
 
 
 def attend(layer, query, key, value, mask, causal, scale, training, scores):
     """`attention_core` on checked `(B, L, heads, dim)` tensors with the
-    layer's own options: its dropout (in training only), seed generator
-    and implementation. `scores=True` also returns the probabilities."""
+    layer's own options (`set_attention_options`): its dropout (in training
+    only), seed generator, implementation, flash attention and sliding
+    window. `scores=True` also returns the probabilities."""
     return attention_core(
         query,
         key,
@@ -48,6 +64,8 @@ def attend(layer, query, key, value, mask, causal, scale, training, scores):
         seed=layer.seed_generator,
         return_attention_scores=scores,
         implementation=layer.implementation,
+        sliding_window=layer.sliding_window,
+        flash_attention=layer.flash_attention,
     )
 
 

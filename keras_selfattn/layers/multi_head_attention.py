@@ -4,11 +4,13 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int
+from keras_selfattn.layers._attention_axes import (
+    AttentionAxes,
+    projection_equation,
+)
 from keras_selfattn.layers._common import (
     attend,
-    check_width,
     clone_initializer,
-    combine_masks,
     initializers_config,
     set_attention_options,
     zero_masked_rows,
@@ -25,62 +27,91 @@ from keras_selfattn.ops import (
 class MultiHeadAttention(keras.layers.Layer):
     """Multi-head (and grouped-query) dot-product attention.
 
-    Same call signature and weight layout as `keras.layers.MultiHeadAttention`
-    for `(batch, length, width)` inputs, so weights copy across one to one.
-    Differences: `value` may be omitted (self-attention); `output_dim` is an
-    int (keras: `output_shape`); `num_key_value_heads < num_heads` gives
-    grouped-query attention; query rows whose keys are all masked give zeros
-    (keras: a uniform average); returned scores have shape
-    `(batch, heads, T, S)` also symbolically in cross-attention.
+    Takes every argument of keras 3.15's `keras.layers.MultiHeadAttention`,
+    in the same order and with the same meaning, builds the same weights
+    (`set_weights(keras_layer.get_weights())` copies them) and loads the
+    configs keras' layer writes. On top: `num_key_value_heads` (grouped
+    query heads), `implementation=`, an optional `value`
+    (self-attention); query rows whose keys are all masked give zeros
+    (keras: an average of the values); a `query_mask` passed by hand is
+    applied (keras reads only the query's implicit mask); causal and
+    sliding-window masks over several `attention_axes` run over their
+    flattened positions (keras' apply to the first axis only); returned
+    scores have their true shape also symbolically.
 
     Args:
         num_heads: number of query heads.
         key_dim: size of each query/key head.
         value_dim: size of each value head; defaults to `key_dim`.
-        output_dim: width of the output; defaults to the query's width.
-        num_key_value_heads: number of key/value heads; must divide
-            `num_heads`. Defaults to `num_heads`.
         dropout: dropout rate on the attention probabilities, in [0, 1).
         use_bias: whether the projections have biases.
+        output_shape: int or tuple, the output's trailing shape; defaults
+            to the query's width.
+        attention_axes: the input axes attended over (int or tuple);
+            None: every axis between batch and features. The other axes
+            act as batch axes.
+        sliding_window: positive int or None: query `i` attends only to
+            keys `j` with `|i - j| < sliding_window` (with
+            `use_causal_mask`, the last `sliding_window` keys up to `i`).
+        flash_attention: None (the backend decides, following
+            `keras.config.disable_flash_attention()`), False (never the
+            backend's flash kernel) or True (always; needs
+            `implementation` "auto" or "fused", no dropout, no returned
+            scores, and hardware with a flash kernel). Kept as given (keras
+            turns False into None).
+        kernel_initializer, bias_initializer, kernel_regularizer,
+        bias_regularizer, activity_regularizer, kernel_constraint,
+        bias_constraint: for the projections (the activity regularizer on
+            each projection's output, as keras).
+        use_gate: a sigmoid gate, projected from the query, on each head's
+            output (Qiu et al., 2025), keras' weight layout.
+        seed: seed for the dropout.
+        num_key_value_heads: number of key/value heads; must divide
+            `num_heads`. Defaults to `num_heads`.
         implementation: `"auto"`, `"einsum"`, `"fused"` or `"blockwise"`,
             the attention kernel (see `keras_selfattn.ops`); dropout > 0
             needs `"einsum"` or `"auto"`.
-        kernel_initializer, bias_initializer, kernel_regularizer,
-        bias_regularizer, kernel_constraint, bias_constraint: for the four
-            projections.
-        seed: seed for the dropout.
+        **kwargs: base layer arguments (`name`, `dtype`...); `output_dim`,
+            the former name of an int `output_shape`, is still read.
 
     Call arguments:
-        query: `(B, T, query_width)`.
-        value: `(B, S, value_width)`; `None` means `query` (self-attention).
-        key: `(B, S, key_width)`; defaults to `value`.
-        query_mask, value_mask, key_mask: boolean `(B, T)` / `(B, S)` padding
-            masks; Keras fills them from the inputs' implicit masks.
-        attention_mask: boolean `(B, T, S)`, True = may attend.
-        use_causal_mask: query `i` attends to keys `0..i` only.
+        query: `(B, T, query_width)`, or `(B, d1, ..., dn, query_width)`.
+        value: `(B, S, value_width)` (same rank as `query`); `None` means
+            `query` (self-attention).
+        key: like `value`; defaults to `value`.
+        query_mask, value_mask, key_mask: boolean masks of the positions,
+            `(B, T)` / `(B, S)` (the inputs' shapes without the features);
+            Keras fills them from the inputs' implicit masks.
+        attention_mask: boolean `(B, T, S)`, True = may attend; broadcast
+            as in keras (`(T, S)`, `(B, 1, S)`, `(B, heads, T, S)`...).
         return_attention_scores: also return the probabilities.
         training: enables dropout.
-        mask: the implicit mask of `query` when `value` is omitted (Keras
-            fills it); same meaning as `query_mask`.
+        use_causal_mask: query `i` attends to keys `0..i` only.
 
     Returns:
-        `(B, T, output_dim)` in the compute dtype, and with
+        `(B, T) + output_shape` in the compute dtype, and with
         `return_attention_scores=True` also the probabilities
-        `(B, num_heads, T, S)`. The output carries the query's mask.
+        `(B, num_heads, T, S)` (with `attention_axes`: keras' score shape).
+        The output carries the query's mask.
 
     Example:
 
     >>> import numpy as np
-    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4)
+    >>> layer = MultiHeadAttention(num_heads=2, key_dim=4, use_gate=True)
     >>> x = np.random.rand(3, 5, 8).astype("float32")
     >>> y = np.random.rand(3, 7, 6).astype("float32")
     >>> out, scores = layer(x, y, return_attention_scores=True)
     >>> tuple(out.shape), tuple(scores.shape)
     ((3, 5, 8), (3, 2, 5, 7))
+    >>> image = np.random.rand(2, 4, 6, 8).astype("float32")
+    >>> rows = MultiHeadAttention(2, 4, attention_axes=2, output_shape=(3,))
+    >>> tuple(rows(image, image).shape)
+    (2, 4, 6, 3)
 
     References:
         Vaswani et al., "Attention Is All You Need", 2017.
         Ainslie et al., "GQA", 2023.
+        Qiu et al., "Gated Attention for Large Language Models", 2025.
     """
 
     def __init__(
@@ -88,29 +119,35 @@ class MultiHeadAttention(keras.layers.Layer):
         num_heads,
         key_dim,
         value_dim=None,
-        output_dim=None,
-        num_key_value_heads=None,
         dropout=0.0,
         use_bias=True,
+        output_shape=None,
+        attention_axes=None,
+        sliding_window=None,
+        flash_attention=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
         kernel_regularizer=None,
         bias_regularizer=None,
+        activity_regularizer=None,
         kernel_constraint=None,
         bias_constraint=None,
+        use_gate=False,
         seed=None,
+        num_key_value_heads=None,
         implementation="auto",
         **kwargs,
     ):
+        output_dim = kwargs.pop("output_dim", None)  # former name
         super().__init__(**kwargs)
         self.num_heads = check_positive_int("num_heads", num_heads)
         self.key_dim = check_positive_int("key_dim", key_dim)
-        self.value_dim = check_positive_int(
-            "value_dim", value_dim, allow_none=True
+        self.value_dim = (
+            check_positive_int("value_dim", value_dim, allow_none=True)
+            or self.key_dim
         )
-        self.output_dim = check_positive_int(
-            "output_dim", output_dim, allow_none=True
-        )
+        self._output_shape = _check_output_shape(output_shape, output_dim)
+        self.attention_axes = _check_attention_axes(attention_axes)
         self.num_key_value_heads = check_positive_int(
             "num_key_value_heads", num_key_value_heads, allow_none=True
         )
@@ -120,84 +157,112 @@ class MultiHeadAttention(keras.layers.Layer):
                 f"num_heads={num_heads}, "
                 f"num_key_value_heads={num_key_value_heads}"
             )
-        set_attention_options(self, dropout, seed, implementation)
+        set_attention_options(
+            self,
+            dropout,
+            seed,
+            implementation,
+            flash_attention=flash_attention,
+            sliding_window=sliding_window,
+        )
         self.use_bias = bool(use_bias)
+        self.use_gate = bool(use_gate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
         self.bias_regularizer = keras.regularizers.get(bias_regularizer)
+        self.projection_activity_regularizer = keras.regularizers.get(
+            activity_regularizer
+        )
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-
-    @property
-    def _value_head_dim(self):
-        return self.value_dim or self.key_dim
 
     @property
     def _kv_heads(self):
         return self.num_key_value_heads or self.num_heads
 
-    def _projection(self, name, heads, head_dim):
+    def _einsum_dense(self, name, free_dims, bound_dims, output_shape, **kw):
+        equation, bias_axes = projection_equation(
+            free_dims, bound_dims, len(output_shape)
+        )
         dense = keras.layers.EinsumDense(
-            "btd,dhk->bthk",
-            output_shape=(None, heads, head_dim),
-            bias_axes="hk" if self.use_bias else None,
+            equation,
+            output_shape=[None] * (free_dims - 1) + list(output_shape),
+            bias_axes=bias_axes if self.use_bias else None,
             name=name,
-            **self._sublayer_kwargs(),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            bias_initializer=clone_initializer(self.bias_initializer),
+            kernel_regularizer=self.kernel_regularizer,
+            bias_regularizer=self.bias_regularizer,
+            activity_regularizer=self.projection_activity_regularizer,
+            kernel_constraint=self.kernel_constraint,
+            bias_constraint=self.bias_constraint,
+            dtype=self.dtype_policy,
+            **kw,
         )
         # Inputs may carry Keras masks; the projection passes them through
         # (this layer reads them itself) instead of warning that it drops them.
         dense.supports_masking = True
         return dense
 
-    def _sublayer_kwargs(self):
-        return dict(
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
-            kernel_regularizer=self.kernel_regularizer,
-            bias_regularizer=self.bias_regularizer,
-            kernel_constraint=self.kernel_constraint,
-            bias_constraint=self.bias_constraint,
-            dtype=self.dtype_policy,
-        )
-
     def build(self, query_shape, value_shape=None, key_shape=None):
         value_shape = query_shape if value_shape is None else value_shape
         key_shape = value_shape if key_shape is None else key_shape
+        rank = len(query_shape)
         for name, shape in (
             ("query", query_shape),
             ("value", value_shape),
             ("key", key_shape),
         ):
-            if len(shape) != 3 or shape[-1] is None:
+            if len(shape) < 3 or len(shape) != rank or shape[-1] is None:
                 raise ValueError(
-                    f"`{name}` must have shape (batch, length, width) with a "
-                    f"known width. Received: {name}.shape={tuple(shape)}"
+                    f"`{name}` must have shape (batch, positions..., width) "
+                    "with a known width and the same rank as `query`. "
+                    f"Received: {name}.shape={tuple(shape)}, "
+                    f"query.shape={tuple(query_shape)}"
                 )
-        self._input_widths = {
-            "query": query_shape[-1],
-            "value": value_shape[-1],
-            "key": key_shape[-1],
+        if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
+            raise ValueError(
+                "`key` and `value` must have the same shape except the last "
+                f"axis. Received: key.shape={tuple(key_shape)}, "
+                f"value.shape={tuple(value_shape)}"
+            )
+        self._axes = AttentionAxes(rank, self.attention_axes)
+        self._input_shapes = {
+            "query": tuple(query_shape),
+            "value": tuple(value_shape),
+            "key": tuple(key_shape),
         }
-        self.query_dense = self._projection(
-            "query", self.num_heads, self.key_dim
+        free = rank - 1
+        self.query_dense = self._einsum_dense(
+            "query", free, 1, (self.num_heads, self.key_dim)
         )
         self.query_dense.build(query_shape)
-        self.key_dense = self._projection("key", self._kv_heads, self.key_dim)
+        self.key_dense = self._einsum_dense(
+            "key", free, 1, (self._kv_heads, self.key_dim)
+        )
         self.key_dense.build(key_shape)
-        self.value_dense = self._projection(
-            "value", self._kv_heads, self._value_head_dim
+        if self.use_gate:
+            self.gate_dense = self._einsum_dense(
+                "gate",
+                free,
+                1,
+                (self.num_heads, self.value_dim),
+                activation="sigmoid",
+            )
+            self.gate_dense.build(query_shape)
+        self.value_dense = self._einsum_dense(
+            "value", free, 1, (self._kv_heads, self.value_dim)
         )
         self.value_dense.build(value_shape)
-        self.output_dense = keras.layers.EinsumDense(
-            "bthk,hko->bto",
-            output_shape=(None, self.output_dim or query_shape[-1]),
-            bias_axes="o" if self.use_bias else None,
-            name="attention_output",
-            **self._sublayer_kwargs(),
+        self.output_dense = self._einsum_dense(
+            "attention_output",
+            free,
+            2,
+            self._output_shape or (query_shape[-1],),
         )
         self.output_dense.build(
-            (None, None, self.num_heads, self._value_head_dim)
+            tuple(query_shape[:-1]) + (self.num_heads, self.value_dim)
         )
 
     def call(
@@ -209,9 +274,9 @@ class MultiHeadAttention(keras.layers.Layer):
         value_mask=None,
         key_mask=None,
         attention_mask=None,
-        use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        use_causal_mask=False,
         mask=None,
         _inputs_checked=False,
     ):
@@ -230,7 +295,11 @@ class MultiHeadAttention(keras.layers.Layer):
                 key_mask=key_mask,
                 attention_mask=attention_mask,
             )
-            check_implementation(self.implementation, return_attention_scores)
+            check_implementation(
+                self.implementation,
+                return_attention_scores,
+                self.flash_attention,
+            )
         if self_attention:
             query_mask = merge_masks(query_mask, mask)
             value_mask = merge_masks(value_mask, query_mask)
@@ -238,8 +307,9 @@ class MultiHeadAttention(keras.layers.Layer):
             query,
             value,
             key,
-            query_mask,
-            combine_masks(attention_mask, value_mask, key_mask),
+            query_mask=query_mask,
+            key_mask=merge_masks(value_mask, key_mask),
+            attention_mask=attention_mask,
             use_causal_mask=use_causal_mask,
             return_attention_scores=return_attention_scores,
             training=training,
@@ -248,29 +318,56 @@ class MultiHeadAttention(keras.layers.Layer):
     def _check_inputs(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):
             check_float_input(name, tensor)
-            check_width(name, tensor, self._input_widths[name])
-        if key.shape[1] is not None and value.shape[1] is not None:
-            if key.shape[1] != value.shape[1]:
+            built = self._input_shapes[name]
+            shape = tuple(tensor.shape)
+            if len(shape) != len(built) or shape[-1] != built[-1]:
                 raise ValueError(
-                    "`key` and `value` must have the same length. Received: "
-                    f"key.shape={tuple(key.shape)}, "
+                    f"`{name}` must have rank {len(built)} and width "
+                    f"{built[-1]}, as when the layer was built. Received: "
+                    f"{name}.shape={shape}"
+                )
+        if _known(key.shape[1:-1]) and _known(value.shape[1:-1]):
+            if tuple(key.shape[1:-1]) != tuple(value.shape[1:-1]):
+                raise ValueError(
+                    "`key` and `value` must have the same shape except the "
+                    f"last axis. Received: key.shape={tuple(key.shape)}, "
                     f"value.shape={tuple(value.shape)}"
                 )
+        for axis in self._axes.others:
+            if None not in (query.shape[axis], key.shape[axis]):
+                if query.shape[axis] != key.shape[axis]:
+                    raise ValueError(
+                        "`query` and `key` must have the same size on the "
+                        f"axes outside `attention_axes`. Received: "
+                        f"query.shape={tuple(query.shape)}, "
+                        f"key.shape={tuple(key.shape)}, "
+                        f"attention_axes={self._axes.attention}"
+                    )
 
     def _check_masks(self, query, value, **masks):
-        """Check the `(B, T)` query mask, `(B, S)` value/key masks and the
-        `(B, T, S)` attention mask given in `masks` (None ones are skipped)."""
-        batch, query_length = query.shape[0], query.shape[1]
-        value_length = value.shape[1]
+        """Check the query mask `query.shape[:-1]`, the value/key masks
+        `value.shape[:-1]` and the keras-broadcast attention mask given in
+        `masks` (None ones are skipped)."""
         shapes = {
-            "query_mask": (batch, query_length),
-            "value_mask": (batch, value_length),
-            "key_mask": (batch, value_length),
-            "attention_mask": (batch, query_length, value_length),
+            "query_mask": tuple(query.shape[:-1]),
+            "value_mask": tuple(value.shape[:-1]),
+            "key_mask": tuple(value.shape[:-1]),
         }
         for name, mask in masks.items():
-            if mask is not None:
+            if mask is None:
+                continue
+            if name != "attention_mask":
                 check_mask(name, mask, shapes[name])
+                continue
+            scores = self._axes.scores_shape(
+                query.shape, value.shape, self.num_heads
+            )
+            low, high = self._axes.mask_rank_range()
+            rank = len(mask.shape)
+            expected = self._axes.expected_mask_shape(
+                scores, min(max(rank, low), high)
+            )
+            check_mask(name, mask, expected)
 
     def _attend(
         self,
@@ -278,40 +375,54 @@ class MultiHeadAttention(keras.layers.Layer):
         value,
         key,
         query_mask,
+        key_mask,
         attention_mask,
         use_causal_mask=False,
         return_attention_scores=False,
         training=None,
     ):
-        """The attention of checked inputs.
+        """The attention of checked inputs and masks.
 
-        `attention_mask` is the merged boolean mask of allowed keys,
-        broadcastable to `(B, T, S)`, or None; `query_mask` `(B, T)` (or
-        None) zeroes the rows of padded queries instead, so a padding mask
-        stays `(B, 1, S)` and never grows to `(B, T, S)`.
+        `key_mask` (the value and key masks merged) masks keys as a
+        `(B', 1, 1, S)` mask; `query_mask` zeroes the rows of padded
+        queries instead, so a padding mask never grows to `(B', T, S)`.
         """
+        axes = self._axes
+        projected_query = self.query_dense(query)
+        keys = axes.to_sequences(self.key_dense(key))
+        values = axes.to_sequences(self.value_dense(value))
         if attention_mask is not None:
-            attention_mask = ops.expand_dims(attention_mask, 1)
+            scores_shape = axes.scores_shape(
+                ops.shape(query), ops.shape(key), self.num_heads
+            )
+            attention_mask = axes.attention_mask(attention_mask, scores_shape)
+        key_mask = axes.positions_mask(key_mask)
+        if key_mask is not None:  # (B', S) -> (B', 1, 1, S)
+            key_mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
+        mask = merge_masks(attention_mask, key_mask)
         result = attend(
             self,
-            self.query_dense(query),
-            self.key_dense(key),
-            self.value_dense(value),
-            attention_mask,
+            axes.to_sequences(projected_query),
+            keys,
+            values,
+            mask,
             use_causal_mask,
             1.0 / float(self.key_dim) ** 0.5,
             training,
             return_attention_scores,
         )
+        output, scores = result if return_attention_scores else (result, None)
         # Padded queries attend to nothing: their rows are zeros.
-        if return_attention_scores:
-            output, scores = result
-            output = zero_masked_rows(output, query_mask, query_axis=1)
-            scores = zero_masked_rows(scores, query_mask, query_axis=2)
-            return self.output_dense(output), scores
-        return self.output_dense(
-            zero_masked_rows(result, query_mask, query_axis=1)
-        )
+        query_mask = axes.positions_mask(query_mask)
+        output = zero_masked_rows(output, query_mask, query_axis=1)
+        output = axes.from_sequences(output, projected_query)
+        if self.use_gate:
+            output = ops.multiply(output, self.gate_dense(query))
+        output = self.output_dense(output)
+        if not return_attention_scores:
+            return output
+        scores = zero_masked_rows(scores, query_mask, query_axis=2)
+        return output, axes.scores_from_sequences(scores, query, key)
 
     def compute_mask(self, inputs, previous_mask=None):
         return previous_mask
@@ -319,7 +430,8 @@ class MultiHeadAttention(keras.layers.Layer):
     def compute_output_shape(
         self, query_shape, value_shape=None, key_shape=None
     ):
-        return tuple(query_shape[:-1]) + (self.output_dim or query_shape[-1],)
+        trailing = self._output_shape or (query_shape[-1],)
+        return tuple(query_shape[:-1]) + tuple(trailing)
 
     def compute_output_spec(
         self,
@@ -335,11 +447,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if not return_attention_scores:
             return output
         value = query if value is None else value
-        scores_shape = (
-            query.shape[0],
-            self.num_heads,
-            query.shape[1],
-            value.shape[1],
+        axes = AttentionAxes(len(query.shape), self.attention_axes)
+        scores_shape = axes.scores_shape(
+            query.shape, value.shape, self.num_heads
         )
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
@@ -350,16 +460,22 @@ class MultiHeadAttention(keras.layers.Layer):
                 "num_heads": self.num_heads,
                 "key_dim": self.key_dim,
                 "value_dim": self.value_dim,
-                "output_dim": self.output_dim,
-                "num_key_value_heads": self.num_key_value_heads,
                 "dropout": self.dropout,
                 "use_bias": self.use_bias,
+                "use_gate": self.use_gate,
+                "output_shape": self._output_shape,
+                "attention_axes": self.attention_axes,
+                "sliding_window": self.sliding_window,
+                "flash_attention": self.flash_attention,
                 **initializers_config(self),
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),
                 "bias_regularizer": keras.regularizers.serialize(
                     self.bias_regularizer
+                ),
+                "activity_regularizer": keras.regularizers.serialize(
+                    self.projection_activity_regularizer
                 ),
                 "kernel_constraint": keras.constraints.serialize(
                     self.kernel_constraint
@@ -368,7 +484,56 @@ class MultiHeadAttention(keras.layers.Layer):
                     self.bias_constraint
                 ),
                 "seed": self.seed,
+                "num_key_value_heads": self.num_key_value_heads,
                 "implementation": self.implementation,
             }
         )
         return config
+
+
+def _check_output_shape(output_shape, output_dim):
+    """`output_shape` (int or sequence of positive ints, or None) as a
+    tuple or None; `output_dim`, its former name, is read too."""
+    if output_dim is not None:
+        if output_shape is not None:
+            raise ValueError(
+                "Pass `output_shape` only (`output_dim` is its former "
+                f"name). Received: output_shape={output_shape!r}, "
+                f"output_dim={output_dim!r}"
+            )
+        output_shape = output_dim
+    if output_shape is None:
+        return None
+    dims = (output_shape,) if isinstance(output_shape, int) else output_shape
+    try:
+        dims = tuple(dims)
+        for dim in dims:
+            check_positive_int("output_shape", dim)
+    except (TypeError, ValueError):
+        raise ValueError(
+            "`output_shape` must be a positive int or a tuple of them. "
+            f"Received: output_shape={output_shape!r}"
+        ) from None
+    return tuple(int(dim) for dim in dims) or None
+
+
+def _check_attention_axes(attention_axes):
+    """`attention_axes` (None, an int or a sequence of ints) as a tuple or
+    None; which axes exist is checked at build."""
+    if attention_axes is None:
+        return None
+    axes = (attention_axes,) if isinstance(attention_axes, int) else None
+    if axes is None and isinstance(attention_axes, (list, tuple)):
+        axes = tuple(attention_axes)
+    if not axes or any(
+        isinstance(a, bool) or not isinstance(a, int) for a in axes
+    ):
+        raise ValueError(
+            "`attention_axes` must be an int or a tuple of ints. Received: "
+            f"attention_axes={attention_axes!r}"
+        )
+    return axes
+
+
+def _known(dims):
+    return all(d is not None for d in dims)

@@ -33,13 +33,18 @@ import functools
 import math
 
 import keras
+from keras import ops
 
-from keras_selfattn._validation import check_choice, check_rate
+from keras_selfattn._validation import (
+    check_choice,
+    check_positive_int,
+    check_rate,
+)
 from keras_selfattn.ops.blockwise import blockwise_attention
 from keras_selfattn.ops.checks import check_attention_mask, check_qkv
 from keras_selfattn.ops.einsum import einsum_attention
 from keras_selfattn.ops.fused import fused_attention
-from keras_selfattn.ops.masks import as_bool
+from keras_selfattn.ops.masks import as_bool, merge_masks, sliding_window_mask
 
 IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
 # Keys per block of the blockwise path. Measured (forward + backward, batch
@@ -61,6 +66,8 @@ def scaled_dot_product_attention(
     seed=None,
     return_attention_scores=False,
     implementation="auto",
+    sliding_window=None,
+    flash_attention=None,
 ):
     """softmax(Q K^T * scale) V with boolean masks, in float32 softmax.
 
@@ -80,6 +87,15 @@ def scaled_dot_product_attention(
             (see the module docstring). Honoured exactly: dropout and
             returned probabilities need `"einsum"` (or `"auto"`, which then
             picks it).
+        sliding_window: optional positive int: query `i` attends only to
+            keys `j` with `|i - j| < sliding_window` (with `is_causal`, the
+            `sliding_window` keys up to `i`).
+        flash_attention: as in `keras.ops.dot_product_attention`, for the
+            `"fused"` path: None lets the backend decide (and follows
+            `keras.config.disable_flash_attention()`), False never uses
+            the backend's flash kernel, True requires it (and so
+            `"fused"`; `"auto"` picks it) and fails where the backend has
+            none.
 
     Returns:
         `(B, T, H, Dv)`, and the probabilities if asked, in the value's dtype.
@@ -102,8 +118,11 @@ def scaled_dot_product_attention(
     check_qkv(query, key, value)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
     check_attention_mask(mask, query, key)
+    check_positive_int("sliding_window", sliding_window, allow_none=True)
     check_implementation(
-        implementation, dropout_rate > 0.0 or return_attention_scores
+        implementation,
+        dropout_rate > 0.0 or return_attention_scores,
+        flash_attention,
     )
     return attention_core(
         query,
@@ -116,6 +135,8 @@ def scaled_dot_product_attention(
         seed=seed,
         return_attention_scores=return_attention_scores,
         implementation=implementation,
+        sliding_window=sliding_window,
+        flash_attention=flash_attention,
     )
 
 
@@ -131,6 +152,8 @@ def attention_core(
     seed,
     return_attention_scores,
     implementation,
+    sliding_window=None,
+    flash_attention=None,
 ):
     """`scaled_dot_product_attention` without its checks or defaults.
 
@@ -156,16 +179,31 @@ def attention_core(
         implementation,
         key_length=key.shape[1],
         needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
+        flash_attention=flash_attention,
     )
     if mask is not None:
         mask = as_bool(mask)
         if len(mask.shape) == 2:
             mask = mask[None, None]
-    if implementation == "fused":
-        return fused_attention(query, key, value, mask, is_causal, scale)
-    if implementation == "blockwise":
+    if implementation == "blockwise":  # builds its window tile by tile
         return blockwise_attention(
-            query, key, value, mask, is_causal, scale, BLOCK_SIZE
+            query,
+            key,
+            value,
+            mask,
+            is_causal,
+            scale,
+            BLOCK_SIZE,
+            sliding_window,
+        )
+    if sliding_window is not None:
+        window = sliding_window_mask(
+            ops.shape(query)[1], ops.shape(key)[1], sliding_window
+        )
+        mask = merge_masks(mask, window[None, None])
+    if implementation == "fused":
+        return fused_attention(
+            query, key, value, mask, is_causal, scale, flash_attention
         )
     output, probs = einsum_attention(
         query, key, value, mask, is_causal, scale, dropout_rate, seed
@@ -175,11 +213,15 @@ def attention_core(
     return output
 
 
-def check_implementation(implementation, needs_probabilities=False):
+def check_implementation(
+    implementation, needs_probabilities=False, flash_attention=None
+):
     """Return `implementation` if it is known and gives what is needed.
 
     Attention dropout and returned probabilities (`needs_probabilities`)
-    need `"einsum"`, or `"auto"`, which then picks it.
+    need `"einsum"`, or `"auto"`, which then picks it. `flash_attention`
+    (None or a bool) True needs `"fused"` or `"auto"`, and no
+    probabilities.
 
     Example:
 
@@ -193,13 +235,33 @@ def check_implementation(implementation, needs_probabilities=False):
             "implementation='einsum' (or 'auto'). Received: "
             f"implementation={implementation!r}"
         )
+    if flash_attention not in (None, True, False):
+        raise ValueError(
+            "`flash_attention` must be None, True or False. Received: "
+            f"flash_attention={flash_attention!r}"
+        )
+    if flash_attention and implementation not in ("auto", "fused"):
+        raise ValueError(
+            "flash_attention=True runs the backend's flash kernel, which "
+            "only implementation='fused' (or 'auto') calls. Received: "
+            f"flash_attention=True, implementation={implementation!r}"
+        )
+    if flash_attention and needs_probabilities:
+        raise ValueError(
+            "Attention dropout and returned attention scores are not "
+            "supported with flash_attention=True; use "
+            "flash_attention=None or False. Received: flash_attention=True"
+        )
     return implementation
 
 
-def choose_implementation(implementation, key_length, needs_probabilities):
+def choose_implementation(
+    implementation, key_length, needs_probabilities, flash_attention=None
+):
     """The attention implementation to run: `implementation` unless "auto".
 
     "auto" picks, from `benchmarks/attention.py` measurements:
+    `"fused"` when `flash_attention=True`;
     `"einsum"` when dropout or the probabilities are needed; otherwise
     `"fused"` on torch (its fused kernel) and on JAX with a GPU/TPU (cuDNN
     flash attention); otherwise (JAX/TensorFlow on CPU) `"blockwise"` from
@@ -213,16 +275,20 @@ def choose_implementation(implementation, key_length, needs_probabilities):
     >>> choose_implementation("auto", 8, needs_probabilities=True)
     'einsum'
     """
-    check_implementation(implementation, needs_probabilities)
+    check_implementation(implementation, needs_probabilities, flash_attention)
     return _resolve_implementation(
-        implementation, key_length, needs_probabilities
+        implementation, key_length, needs_probabilities, flash_attention
     )
 
 
-def _resolve_implementation(implementation, key_length, needs_probabilities):
-    """`choose_implementation` for a checked `implementation`."""
+def _resolve_implementation(
+    implementation, key_length, needs_probabilities, flash_attention=None
+):
+    """`choose_implementation` for checked arguments."""
     if implementation != "auto":
         return implementation
+    if flash_attention:
+        return "fused"
     if needs_probabilities:
         return "einsum"
     backend = keras.backend.backend()

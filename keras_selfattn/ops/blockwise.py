@@ -26,10 +26,20 @@ from keras_selfattn.ops.masks import MASKED_LOGIT, merge_masks
 _EMPTY_ROW_LSE = float(3.4028234663852886e38)
 
 
-def blockwise_attention(query, key, value, mask, is_causal, scale, block_size):
+def blockwise_attention(
+    query,
+    key,
+    value,
+    mask,
+    is_causal,
+    scale,
+    block_size,
+    sliding_window=None,
+):
     """The blockwise path on `(B, T, H, D)` inputs, in the value's dtype.
 
-    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None.
+    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None;
+    `sliding_window` (or None) keeps the keys `j` with `|i - j| < window`.
     Keys are padded up to whole blocks of `block_size` (fewer when there
     are fewer keys), the padding masked; a key length known only at run
     time is padded in-graph.
@@ -49,33 +59,113 @@ def blockwise_attention(query, key, value, mask, is_causal, scale, block_size):
         block_size = min(block_size, key_length)
     padding = (-key_length) % block_size
     groups = query.shape[2] // key.shape[2]
-    pads_keys = dynamic or padding > 0
     dtype = value.dtype
     query = ops.cast(query, SOFTMAX_DTYPE) * ops.cast(scale, SOFTMAX_DTYPE)
     query = _heads_first(query, 1, 0)
     key = _heads_first(key, groups, padding)
     value = _heads_first(value, groups, padding)
-    if pads_keys and mask is not None and mask.shape[-1] != 1:
+    if mask is not None and mask.shape[-1] != 1:
         mask = ops.pad(mask, ((0, 0), (0, 0), (0, 0), (0, padding)))
+    masking = _BlockMasking(
+        mask,
+        query_length,
+        key_length=key_length if dynamic or padding else None,
+        is_causal=is_causal,
+        sliding_window=sliding_window,
+        block_size=block_size,
+    )
+    output = _online_softmax_attention(query, key, value, masking)
+    return ops.cast(ops.swapaxes(output, 1, 2), dtype)
 
-    def block_mask(start):
-        parts = [mask]
-        if mask is not None and mask.shape[-1] != 1:
-            shape = ops.shape(mask)[:3] + (block_size,)
-            parts = [ops.slice(mask, (0, 0, 0, start), shape)]
-        if is_causal or pads_keys:
-            columns = start + ops.arange(block_size, dtype="int32")
-        if is_causal:
-            rows = ops.arange(query_length, dtype="int32")[:, None]
+
+class _BlockMasking:
+    """What each key block of the loop must mask, from the user's mask and
+    the positional rules (causal, sliding window, key padding).
+
+    `kinds(num_blocks)` classifies every block once, before the loop:
+    `SKIP` (no query may see any of its keys: exact to leave out), `FULL`
+    (every query sees every key: no mask to apply) or `PARTIAL`;
+    `mask(start)` is the boolean tile mask of a `PARTIAL` block,
+    broadcastable to `(B, H, T, block)`. A block is classed `SKIP` or
+    `FULL` only when that holds for every part; otherwise `PARTIAL`,
+    which is always exact.
+    """
+
+    def __init__(
+        self,
+        mask,
+        query_length,
+        key_length,
+        is_causal,
+        sliding_window,
+        block_size,
+    ):
+        self.user_mask = mask
+        self.query_length = query_length
+        self.key_length = key_length  # None: no padded keys to mask
+        self.is_causal = is_causal
+        self.sliding_window = sliding_window
+        self.block_size = block_size
+
+    @property
+    def masks_anything(self):
+        return (
+            self.user_mask is not None
+            or self.is_causal
+            or self.sliding_window is not None
+            or self.key_length is not None
+        )
+
+    def mask(self, start):
+        parts = [self.user_mask]
+        if self.user_mask is not None and self.user_mask.shape[-1] != 1:
+            shape = ops.shape(self.user_mask)[:3] + (self.block_size,)
+            parts = [ops.slice(self.user_mask, (0, 0, 0, start), shape)]
+        columns = start + ops.arange(self.block_size, dtype="int32")
+        rows = ops.arange(self.query_length, dtype="int32")[:, None]
+        if self.is_causal:
             parts.append(rows >= columns[None, :])
-        if pads_keys:
-            parts.append(columns < key_length)
+        if self.sliding_window is not None:
+            distance = ops.abs(rows - columns[None, :])
+            parts.append(distance < self.sliding_window)
+        if self.key_length is not None:
+            parts.append(columns < self.key_length)
         return merge_masks(*parts)
 
-    output = _online_softmax_attention(
-        query, key, value, block_mask, block_size
-    )
-    return ops.cast(ops.swapaxes(output, 1, 2), dtype)
+    def kinds(self, num_blocks):
+        """int32 `(num_blocks,)`: SKIP, FULL or PARTIAL for each block."""
+        first = ops.arange(num_blocks, dtype="int32") * self.block_size
+        last = first + (self.block_size - 1)
+        last_row = self.query_length - 1
+        seen, full = [], []  # per part: any key visible / all keys visible
+        if self.user_mask is not None:
+            seen_part, full_part = self._user_mask_blocks(num_blocks)
+            seen.append(seen_part)
+            full.append(full_part)
+        if self.is_causal:  # key j visible to query i when j <= i
+            seen.append(first <= last_row)
+            full.append(last <= 0)
+        if self.sliding_window is not None:  # |i - j| < window
+            seen.append(first - last_row < self.sliding_window)
+            full.append(
+                ops.maximum(last, last_row - first) < self.sliding_window
+            )
+        if self.key_length is not None:
+            seen.append(first < self.key_length)
+            full.append(last < self.key_length)
+        seen, full = merge_masks(*seen), merge_masks(*full)
+        kinds = ops.where(seen, ops.where(full, FULL, PARTIAL), SKIP)
+        return ops.broadcast_to(ops.cast(kinds, "int32"), (num_blocks,))
+
+    def _user_mask_blocks(self, num_blocks):
+        mask = self.user_mask
+        if mask.shape[-1] == 1:  # the same for every key
+            return ops.any(mask), ops.all(mask)
+        blocks = ops.reshape(mask, (-1, num_blocks, self.block_size))
+        return ops.any(blocks, axis=(0, 2)), ops.all(blocks, axis=(0, 2))
+
+
+SKIP, FULL, PARTIAL = 0, 1, 2
 
 
 def _heads_first(tensor, groups, padding):
@@ -89,17 +179,14 @@ def _heads_first(tensor, groups, padding):
     return ops.pad(tensor, ((0, 0), (0, 0), (0, padding), (0, 0)))
 
 
-def _online_softmax_attention(query, key, value, block_mask, block_size):
+def _online_softmax_attention(query, key, value, masking):
     """softmax(query key^T) value, one key block at a time.
 
     Args:
         query: `(B, H, T, D)` float32, already multiplied by the scale.
-        key: `(B, H, S, D)` float32, `S` a multiple of `block_size`.
+        key: `(B, H, S, D)` float32, `S` a multiple of the block size.
         value: `(B, H, S, Dv)` float32.
-        block_mask: `block_mask(start)` returns the boolean mask (True = may
-            attend) of keys `start .. start + block_size - 1`, broadcastable
-            to `(B, H, T, block_size)`, or None when nothing is masked.
-        block_size: keys per block (a Python int).
+        masking: the `_BlockMasking` of the keys.
 
     Returns:
         `(B, H, T, Dv)` float32; rows with no allowed key are zeros.
@@ -109,15 +196,13 @@ def _online_softmax_attention(query, key, value, block_mask, block_size):
 
     @ops.custom_gradient
     def attend(query, key, value):
-        output, log_sum_exp = _forward(
-            query, key, value, block_mask, block_size
-        )
+        output, log_sum_exp = _forward(query, key, value, masking)
 
         def grad(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
             saved = (query, key, value, output, log_sum_exp)
-            return _backward(saved, upstream, block_mask, block_size)
+            return _backward(saved, upstream, masking)
 
         return output, grad
 
@@ -146,16 +231,16 @@ def _masked_logits(logits, mask):
     return ops.where(mask, logits, MASKED_LOGIT)
 
 
-def _masked_exp(shifted_logits, mask):
-    """Unnormalised probabilities of a tile: 0 where `mask` is False."""
-    probs = ops.exp(shifted_logits)
-    if mask is None:
-        return probs
-    return ops.where(mask, probs, 0.0)
+def _forward(query, key, value, masking):
+    """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`.
 
-
-def _forward(query, key, value, block_mask, block_size):
-    """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`."""
+    A masked logit is MASKED_LOGIT, so its probability underflows to 0
+    once its row has seen an allowed key. Until then the row's maximum is
+    MASKED_LOGIT itself and its masked entries count as 1; the first
+    allowed key rescales that sum and output by exp(MASKED_LOGIT - max) = 0,
+    and a row that never sees one is found by its maximum and set to 0.
+    """
+    block_size = masking.block_size
     rows = ops.shape(query)[:3] + (1,)
     output = ops.zeros(ops.shape(query)[:3] + (ops.shape(value)[3],))
     row_max = ops.full(rows, MASKED_LOGIT)
@@ -168,7 +253,7 @@ def _forward(query, key, value, block_mask, block_size):
             ops.matmul(query, ops.swapaxes(key_block, -1, -2)), mask
         )
         new_max = ops.maximum(row_max, ops.max(logits, -1, keepdims=True))
-        probs = _masked_exp(logits - new_max, mask)
+        probs = ops.exp(logits - new_max)
         rescale = ops.exp(row_max - new_max)
         row_sum = row_sum * rescale + ops.sum(probs, -1, keepdims=True)
         output = output * rescale + ops.matmul(
@@ -179,10 +264,10 @@ def _forward(query, key, value, block_mask, block_size):
     output, row_max, row_sum = ops.fori_loop(
         0,
         _num_blocks(key, block_size),
-        _skipping_masked_blocks(attend_block, block_mask, block_size),
+        _by_block_kind(attend_block, masking, _num_blocks(key, block_size)),
         (output, row_max, row_sum),
     )
-    has_keys = row_sum > 0.0
+    has_keys = row_max > MASKED_LOGIT
     safe_sum = ops.where(has_keys, row_sum, 1.0)
     output = ops.where(has_keys, output / safe_sum, 0.0)
     log_sum_exp = ops.where(
@@ -191,7 +276,7 @@ def _forward(query, key, value, block_mask, block_size):
     return output, log_sum_exp
 
 
-def _backward(saved, upstream, block_mask, block_size):
+def _backward(saved, upstream, masking):
     """Gradients of query, key and value, recomputing each tile.
 
     Tiles are kept keys-major, `(B, H, block, T)`: every product then reads
@@ -202,6 +287,7 @@ def _backward(saved, upstream, block_mask, block_size):
     `(query, key, value, output, log_sum_exp)`.
     """
     query, key, value, output, log_sum_exp = saved
+    block_size = masking.block_size
     upstream = ops.cast(upstream, "float32")
     # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
     # `(B, H, 1, T)`, to broadcast over keys-major tiles.
@@ -242,7 +328,7 @@ def _backward(saved, upstream, block_mask, block_size):
     grad_query_t, grad_key, grad_value = ops.fori_loop(
         0,
         _num_blocks(key, block_size),
-        _skipping_masked_blocks(backward_block, block_mask, block_size),
+        _by_block_kind(backward_block, masking, _num_blocks(key, block_size)),
         (grad_query_t, grad_key, grad_value),
     )
     return ops.swapaxes(grad_query_t, -1, -2), grad_key, grad_value
@@ -257,25 +343,31 @@ def _keys_major(mask):
     return ops.swapaxes(mask, -1, -2)
 
 
-def _skipping_masked_blocks(block_step, block_mask, block_size):
-    """A `fori_loop` body running `block_step(start, mask, carry)` only on
-    blocks with at least one allowed key.
+def _by_block_kind(block_step, masking, num_blocks):
+    """A `fori_loop` body running `block_step(start, mask, carry)` as each
+    block's kind asks: not at all (SKIP), unmasked (FULL) or with its tile
+    mask (PARTIAL).
 
     A block masked for every query row changes neither the running softmax
     nor any gradient (its probabilities are all zero), so skipping it is
     exact; padded batches, and the padding up to a whole block, skip work
-    this way.
+    this way. A block no query is kept from needs no mask at all.
     """
+    block_size = masking.block_size
+    if not masking.masks_anything:
+        return lambda index, carry: block_step(index * block_size, None, carry)
+    kinds = masking.kinds(num_blocks)
 
     def step(index, carry):
         start = index * block_size
-        mask = block_mask(start)
-        if mask is None:
-            return block_step(start, mask, carry)
-        return ops.cond(
-            ops.any(mask),
-            lambda: block_step(start, mask, carry),
-            lambda: carry,
+        return ops.switch(
+            kinds[index],
+            [
+                lambda carry: carry,
+                lambda carry: block_step(start, None, carry),
+                lambda carry: block_step(start, masking.mask(start), carry),
+            ],
+            carry,
         )
 
     return step

@@ -11,10 +11,14 @@ from keras import ops
 from keras_selfattn.ops.masks import causal_mask, merge_masks
 
 
-def fused_attention(query, key, value, mask, is_causal, scale):
+def fused_attention(
+    query, key, value, mask, is_causal, scale, flash_attention=None
+):
     """`keras.ops.dot_product_attention`, with empty rows set to zeros.
 
-    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None.
+    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None;
+    `flash_attention` as in `keras.ops.dot_product_attention` (None also
+    honours `keras.config.disable_flash_attention()`).
     Not every backend's kernel takes grouped key/value heads or a value
     size other than the key size, so key/value heads are repeated and the
     head sizes zero-padded to one size (neither changes the result). The
@@ -36,6 +40,13 @@ def fused_attention(query, key, value, mask, is_causal, scale):
     query, key, value = (
         _pad_last_axis(tensor, size) for tensor in (query, key, value)
     )
+    if flash_attention is None:
+        flash_attention = keras.config.is_flash_attention_enabled()
+    if flash_attention is None and keras.backend.backend() == "torch":
+        # On torch, None makes Keras probe its flash kernel in a way
+        # torch.compile cannot trace; False lets torch's own dispatcher pick
+        # the kernel (flash included) instead.
+        flash_attention = False
     output = ops.dot_product_attention(
         query,
         key,
@@ -43,10 +54,7 @@ def fused_attention(query, key, value, mask, is_causal, scale):
         mask=mask,
         scale=scale,
         is_causal=is_causal,
-        # On torch, None makes Keras probe its flash kernel in a way
-        # torch.compile cannot trace; False lets torch's own dispatcher pick
-        # the kernel (flash included) instead.
-        flash_attention=False if keras.backend.backend() == "torch" else None,
+        flash_attention=flash_attention,
     )
     output = output[..., :value_size]
     if mask is None:

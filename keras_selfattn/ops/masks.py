@@ -26,6 +26,21 @@ def causal_mask(query_length, key_length=None):
     return ops.greater_equal(rows, cols)
 
 
+def sliding_window_mask(query_length, key_length, window):
+    """Boolean `(query_length, key_length)` band: True where `|i - j| <
+    window`, as `keras.layers.MultiHeadAttention(sliding_window=window)`.
+
+    Example:
+
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(sliding_window_mask(3, 3, 2)).astype(int).tolist()
+    [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
+    """
+    rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), -1)
+    cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    return ops.less(ops.abs(rows - cols), window)
+
+
 def padding_to_attention_mask(key_padding_mask, query_padding_mask=None):
     """Turn `(B, S)` padding masks into a `(B, T or 1, S)` attention mask.
 
