@@ -79,16 +79,14 @@ def blockwise_attention(
 
 
 class _BlockMasking:
-    """What each key block of the loop must mask, from the user's mask and
-    the positional rules (causal, sliding window, key padding).
+    """What the key blocks of the loop must mask: the user's mask and the
+    positional rules (causal, sliding window, padded keys).
 
-    `kinds(num_blocks)` classifies every block once, before the loop:
-    `SKIP` (no query may see any of its keys: exact to leave out), `FULL`
-    (every query sees every key: no mask to apply) or `PARTIAL`;
-    `mask(start)` is the boolean tile mask of a `PARTIAL` block,
-    broadcastable to `(B, H, T, block)`. A block is classed `SKIP` or
-    `FULL` only when that holds for every part; otherwise `PARTIAL`,
-    which is always exact.
+    `mask(start)` is the boolean tile mask of the block of keys from
+    `start`, broadcastable to `(B, H, T, block)`, or with `keys_major` to
+    `(B, H, block, T)` (the backward's layout; cut from a user mask
+    transposed once, not tile by tile). `visible_blocks(num_blocks)` is
+    the range of blocks some query may see.
     """
 
     def __init__(
@@ -99,13 +97,31 @@ class _BlockMasking:
         is_causal,
         sliding_window,
         block_size,
+        keys_major=False,
     ):
-        self.user_mask = mask
+        self.user_mask = mask  # keys last
         self.query_length = query_length
         self.key_length = key_length  # None: no padded keys to mask
         self.is_causal = is_causal
         self.sliding_window = sliding_window
         self.block_size = block_size
+        self.keys_major = keys_major
+        self._key_axis = -2 if keys_major else -1
+        self._tiles_of = mask
+        if keys_major and mask is not None:
+            self._tiles_of = ops.swapaxes(mask, -1, -2)
+
+    def transposed(self):
+        """The same masking with keys-major tiles."""
+        return _BlockMasking(
+            self.user_mask,
+            self.query_length,
+            self.key_length,
+            self.is_causal,
+            self.sliding_window,
+            self.block_size,
+            keys_major=not self.keys_major,
+        )
 
     @property
     def masks_anything(self):
@@ -117,55 +133,55 @@ class _BlockMasking:
         )
 
     def mask(self, start):
-        parts = [self.user_mask]
-        if self.user_mask is not None and self.user_mask.shape[-1] != 1:
-            shape = ops.shape(self.user_mask)[:3] + (self.block_size,)
-            parts = [ops.slice(self.user_mask, (0, 0, 0, start), shape)]
+        source, axis = self._tiles_of, self._key_axis
+        parts = [source]
+        if source is not None and source.shape[axis] != 1:
+            shape, at = list(ops.shape(source)), [0, 0, 0, 0]
+            shape[axis], at[axis] = self.block_size, start
+            parts = [ops.slice(source, at, shape)]
         columns = start + ops.arange(self.block_size, dtype="int32")
-        rows = ops.arange(self.query_length, dtype="int32")[:, None]
+        rows = ops.arange(self.query_length, dtype="int32")
+        if self.keys_major:
+            columns, rows = columns[:, None], rows[None, :]
+        else:
+            columns, rows = columns[None, :], rows[:, None]
         if self.is_causal:
-            parts.append(rows >= columns[None, :])
+            parts.append(rows >= columns)
         if self.sliding_window is not None:
-            distance = ops.abs(rows - columns[None, :])
-            parts.append(distance < self.sliding_window)
+            parts.append(ops.abs(rows - columns) < self.sliding_window)
         if self.key_length is not None:
             parts.append(columns < self.key_length)
         return merge_masks(*parts)
 
-    def kinds(self, num_blocks):
-        """int32 `(num_blocks,)`: SKIP, FULL or PARTIAL for each block."""
-        first = ops.arange(num_blocks, dtype="int32") * self.block_size
-        last = first + (self.block_size - 1)
+    def visible_blocks(self, num_blocks):
+        """int32 scalars `(first, stop)`: the blocks outside
+        `first .. stop - 1` are masked for every query (`first == stop`
+        when all are). Each rule is checked on its own, so a block that
+        only their combination hides stays inside (masked, still exact).
+        """
+        first_key = ops.arange(num_blocks, dtype="int32") * self.block_size
         last_row = self.query_length - 1
-        seen, full = [], []  # per part: any key visible / all keys visible
+        seen = []
         if self.user_mask is not None:
-            seen_part, full_part = self._user_mask_blocks(num_blocks)
-            seen.append(seen_part)
-            full.append(full_part)
+            seen.append(self._user_mask_seen(num_blocks))
         if self.is_causal:  # key j visible to query i when j <= i
-            seen.append(first <= last_row)
-            full.append(last <= 0)
+            seen.append(first_key <= last_row)
         if self.sliding_window is not None:  # |i - j| < window
-            seen.append(first - last_row < self.sliding_window)
-            full.append(
-                ops.maximum(last, last_row - first) < self.sliding_window
-            )
+            seen.append(first_key - last_row < self.sliding_window)
         if self.key_length is not None:
-            seen.append(first < self.key_length)
-            full.append(last < self.key_length)
-        seen, full = merge_masks(*seen), merge_masks(*full)
-        kinds = ops.where(seen, ops.where(full, FULL, PARTIAL), SKIP)
-        return ops.broadcast_to(ops.cast(kinds, "int32"), (num_blocks,))
+            seen.append(first_key < self.key_length)
+        seen = ops.broadcast_to(merge_masks(*seen), (num_blocks,))
+        index = ops.arange(num_blocks, dtype="int32")
+        first = ops.min(ops.where(seen, index, num_blocks))
+        stop = ops.max(ops.where(seen, index + 1, 0))
+        return first, ops.maximum(first, stop)
 
-    def _user_mask_blocks(self, num_blocks):
+    def _user_mask_seen(self, num_blocks):
         mask = self.user_mask
         if mask.shape[-1] == 1:  # the same for every key
-            return ops.any(mask), ops.all(mask)
+            return ops.any(mask)
         blocks = ops.reshape(mask, (-1, num_blocks, self.block_size))
-        return ops.any(blocks, axis=(0, 2)), ops.all(blocks, axis=(0, 2))
-
-
-SKIP, FULL, PARTIAL = 0, 1, 2
+        return ops.any(blocks, axis=(0, 2))
 
 
 def _heads_first(tensor, groups, padding):
@@ -261,10 +277,10 @@ def _forward(query, key, value, masking):
         )
         return output, new_max, row_sum
 
-    output, row_max, row_sum = ops.fori_loop(
-        0,
+    output, row_max, row_sum = _visit_blocks(
+        attend_block,
+        masking,
         _num_blocks(key, block_size),
-        _by_block_kind(attend_block, masking, _num_blocks(key, block_size)),
         (output, row_max, row_sum),
     )
     has_keys = row_max > MASKED_LOGIT
@@ -305,9 +321,7 @@ def _backward(saved, upstream, masking):
     def backward_block(start, mask, carry):
         grad_query_t, grad_key, grad_value = carry
         key_block = _key_block(key, start, block_size)
-        logits_t = _masked_logits(
-            ops.matmul(key_block, query_t), _keys_major(mask)
-        )
+        logits_t = _masked_logits(ops.matmul(key_block, query_t), mask)
         # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
         # log-sum-exp, or minus an empty row's _EMPTY_ROW_LSE, underflows.
         probs_t = ops.exp(logits_t - log_sum_exp)
@@ -325,49 +339,39 @@ def _backward(saved, upstream, masking):
         grad_value = ops.slice_update(grad_value, at, grad_value_block)
         return grad_query_t, grad_key, grad_value
 
-    grad_query_t, grad_key, grad_value = ops.fori_loop(
-        0,
+    grad_query_t, grad_key, grad_value = _visit_blocks(
+        backward_block,
+        masking.transposed(),
         _num_blocks(key, block_size),
-        _by_block_kind(backward_block, masking, _num_blocks(key, block_size)),
         (grad_query_t, grad_key, grad_value),
     )
     return ops.swapaxes(grad_query_t, -1, -2), grad_key, grad_value
 
 
-def _keys_major(mask):
-    """A tile mask broadcastable to `(..., T, block)` -> `(..., block, T)`."""
-    if mask is None:
-        return None
-    if len(mask.shape) < 2:  # `(block,)`: the same for every query
-        return ops.expand_dims(mask, -1)
-    return ops.swapaxes(mask, -1, -2)
-
-
-def _by_block_kind(block_step, masking, num_blocks):
-    """A `fori_loop` body running `block_step(start, mask, carry)` as each
-    block's kind asks: not at all (SKIP), unmasked (FULL) or with its tile
-    mask (PARTIAL).
+def _visit_blocks(block_step, masking, num_blocks, carry):
+    """Run `carry = block_step(start, mask, carry)` over the key blocks from
+    the first to the last that some query may see, each with its tile mask
+    (None when nothing is masked).
 
     A block masked for every query row changes neither the running softmax
-    nor any gradient (its probabilities are all zero), so skipping it is
-    exact; padded batches, and the padding up to a whole block, skip work
-    this way. A block no query is kept from needs no mask at all.
+    nor any gradient (its probabilities are all zero), so leaving it out is
+    exact: the padding of a padded batch, the padding up to a whole block
+    and the keys past every query's window cost nothing. The loop body has
+    no branch: on XLA's CPU backend a branch over the carried `(B, H, T,
+    D)` tensors costs more than masking every tile.
     """
     block_size = masking.block_size
     if not masking.masks_anything:
-        return lambda index, carry: block_step(index * block_size, None, carry)
-    kinds = masking.kinds(num_blocks)
+        return ops.fori_loop(
+            0,
+            num_blocks,
+            lambda index, carry: block_step(index * block_size, None, carry),
+            carry,
+        )
+    first, stop = masking.visible_blocks(num_blocks)
 
     def step(index, carry):
         start = index * block_size
-        return ops.switch(
-            kinds[index],
-            [
-                lambda carry: carry,
-                lambda carry: block_step(start, None, carry),
-                lambda carry: block_step(start, masking.mask(start), carry),
-            ],
-            carry,
-        )
+        return block_step(start, masking.mask(start), carry)
 
-    return step
+    return ops.fori_loop(first, stop, step, carry)
