@@ -91,13 +91,6 @@ def test_mha_key_mask_applies_when_key_is_omitted():
     assert not np.allclose(got, unmasked, atol=1e-3)
 
 
-def test_mha_output_dim():
-    rng = np.random.default_rng(2)
-    x = rand(rng, 2, 3, 6)
-    layer = ksa.MultiHeadAttention(num_heads=2, key_dim=3, output_dim=5)
-    assert tuple(layer(x).shape) == (2, 3, 5)
-
-
 def test_mha_grouped_query_attention_matches_oracle():
     rng = np.random.default_rng(3)
     query, value = rand(rng, 2, 5, 7), rand(rng, 2, 3, 7)
@@ -425,6 +418,33 @@ def test_mixed_precision_close_to_float32(policy):
             lambda: ksa.SelfAttention(dropout=0.1, implementation="fused"),
             ValueError,
             "implementation='fused'",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(2, 4, output_shape=(3, 0)),
+            ValueError,
+            r"output_shape=\(3, 0\)",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(2, 4, attention_axes="rows"),
+            ValueError,
+            "attention_axes='rows'",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(2, 4, attention_axes=3)(
+                np.zeros((1, 2, 3, 4), "float32")
+            ),
+            ValueError,
+            "attention_axes=",
+        ),
+        (
+            lambda: ksa.MultiHeadAttention(2, 4, flash_attention="yes"),
+            ValueError,
+            "flash_attention='yes'",
+        ),
+        (
+            lambda: ksa.GroupedQueryAttention(4, 4, 3),
+            ValueError,
+            "num_query_heads=4, num_key_value_heads=3",
         ),
         (
             lambda: ksa.TokenAndPositionEmbedding(10, 0, 4),

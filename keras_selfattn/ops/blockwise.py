@@ -64,15 +64,17 @@ def blockwise_attention(
     query = _heads_first(query, 1, 0)
     key = _heads_first(key, groups, padding)
     value = _heads_first(value, groups, padding)
-    if mask is not None and mask.shape[-1] != 1:
+    pads_keys = dynamic or padding > 0
+    if pads_keys and mask is not None and mask.shape[-1] != 1:
         mask = ops.pad(mask, ((0, 0), (0, 0), (0, 0), (0, padding)))
     masking = _BlockMasking(
         mask,
         query_length,
-        key_length=key_length if dynamic or padding else None,
+        key_length=key_length if pads_keys else None,
         is_causal=is_causal,
         sliding_window=sliding_window,
         block_size=block_size,
+        num_blocks=_num_blocks(key, block_size),
     )
     output = _online_softmax_attention(query, key, value, masking)
     return ops.cast(ops.swapaxes(output, 1, 2), dtype)
@@ -85,8 +87,8 @@ class _BlockMasking:
     `mask(start)` is the boolean tile mask of the block of keys from
     `start`, broadcastable to `(B, H, T, block)`, or with `keys_major` to
     `(B, H, block, T)` (the backward's layout; cut from a user mask
-    transposed once, not tile by tile). `visible_blocks(num_blocks)` is
-    the range of blocks some query may see.
+    transposed once, not tile by tile). `visible` is the range of blocks
+    some query may see, found once for both passes.
     """
 
     def __init__(
@@ -97,7 +99,9 @@ class _BlockMasking:
         is_causal,
         sliding_window,
         block_size,
+        num_blocks,
         keys_major=False,
+        visible=None,
     ):
         self.user_mask = mask  # keys last
         self.query_length = query_length
@@ -110,6 +114,9 @@ class _BlockMasking:
         self._tiles_of = mask
         if keys_major and mask is not None:
             self._tiles_of = ops.swapaxes(mask, -1, -2)
+        self.visible = visible
+        if visible is None and self.masks_anything:
+            self.visible = self._visible_blocks(num_blocks)
 
     def transposed(self):
         """The same masking with keys-major tiles."""
@@ -120,7 +127,9 @@ class _BlockMasking:
             self.is_causal,
             self.sliding_window,
             self.block_size,
+            num_blocks=None,
             keys_major=not self.keys_major,
+            visible=self.visible,
         )
 
     @property
@@ -153,7 +162,7 @@ class _BlockMasking:
             parts.append(columns < self.key_length)
         return merge_masks(*parts)
 
-    def visible_blocks(self, num_blocks):
+    def _visible_blocks(self, num_blocks):
         """int32 scalars `(first, stop)`: the blocks outside
         `first .. stop - 1` are masked for every query (`first == stop`
         when all are). Each rule is checked on its own, so a block that
@@ -180,8 +189,9 @@ class _BlockMasking:
         mask = self.user_mask
         if mask.shape[-1] == 1:  # the same for every key
             return ops.any(mask)
-        blocks = ops.reshape(mask, (-1, num_blocks, self.block_size))
-        return ops.any(blocks, axis=(0, 2))
+        keys_seen = ops.any(mask, axis=(0, 1, 2))  # `(S,)`
+        blocks = ops.reshape(keys_seen, (num_blocks, self.block_size))
+        return ops.any(blocks, axis=1)
 
 
 def _heads_first(tensor, groups, padding):
@@ -368,7 +378,7 @@ def _visit_blocks(block_step, masking, num_blocks, carry):
             lambda index, carry: block_step(index * block_size, None, carry),
             carry,
         )
-    first, stop = masking.visible_blocks(num_blocks)
+    first, stop = masking.visible
 
     def step(index, carry):
         start = index * block_size
