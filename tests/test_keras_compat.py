@@ -168,9 +168,10 @@ def test_mha_use_gate(use_bias):
 # sliding_window and flash_attention
 
 
+# Every implementation against the NumPy oracle, with windows over several
+# key blocks: tests/test_attention_paths.py.
 @pytest.mark.parametrize("masks", ["window", "causal", "padding"])
-@pytest.mark.parametrize("implementation", ["einsum", "fused", "blockwise"])
-def test_mha_sliding_window(implementation, masks):
+def test_mha_sliding_window(masks):
     rng = np.random.default_rng(5)
     x = rand(rng, 2, 11, 6)
     allowed = np.broadcast_to(band(11, 3), (2, 11, 11))
@@ -183,9 +184,8 @@ def test_mha_sliding_window(implementation, masks):
         padding[1, :, 7:] = False  # rows 8-10 of batch 1 see no key
         kwargs["attention_mask"] = padding
         allowed = allowed & padding
-    ours_kwargs = dict(implementation=implementation)
     window = dict(SMALL[MHA], sliding_window=3)
-    ours, theirs = paired(MHA, (x, x), ours_kwargs, **window)
+    ours, theirs = paired(MHA, (x, x), **window)
     got, want = outputs(ours, theirs, x, x, **kwargs)
     rows = allowed.any(-1)
     np.testing.assert_allclose(got[rows], want[rows], atol=ATOL)
@@ -370,7 +370,8 @@ def saving_model():
     axial = ksa.MultiHeadAttention(2, 3, attention_axes=(2,), **gated)(
         grid, grid
     )
-    return keras.Model([query, grid], [windowed, axial])
+    grouped = ksa.GroupedQueryAttention(3, 4, 2, **gated)(query, query)
+    return keras.Model([query, grid], [windowed, axial, grouped])
 
 
 LOAD_AND_PREDICT = """
