@@ -82,6 +82,19 @@ def numpy_attention_grads(
     return grad_query, sum_groups(grad_key), sum_groups(grad_value)
 
 
+def rand(rng, *shape):
+    """Float32 standard-normal values of `shape` from `rng`."""
+    return rng.standard_normal(shape).astype("float32")
+
+
+def keep_one_key_per_row(mask):
+    """A copy of `mask` in which every query row keeps key 0, so layers
+    that treat rows with no key differently (ours: zeros) agree."""
+    mask = mask.copy()
+    mask[..., 0] = True
+    return mask
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x), np.float64)
 

@@ -10,7 +10,14 @@ import re
 import keras
 import numpy as np
 import pytest
-from support import BACKEND, later_backends, run_script, to_numpy
+from support import (
+    BACKEND,
+    keep_one_key_per_row,
+    later_backends,
+    rand,
+    run_script,
+    to_numpy,
+)
 
 import keras_selfattn as ksa
 
@@ -26,17 +33,6 @@ SMALL = {
     GQA: dict(head_dim=3, num_query_heads=2, num_key_value_heads=1),
 }
 GQA_4_2 = dict(head_dim=3, num_query_heads=4, num_key_value_heads=2)
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype("float32")
-
-
-def keep_one_key_per_row(mask):
-    """Every query row keeps at least one key (so the layers agree)."""
-    mask = mask.copy()
-    mask[..., 0] = True
-    return mask
 
 
 def copy_weights(ours, theirs):

@@ -3,23 +3,14 @@
 import keras
 import numpy as np
 import pytest
+from support import keep_one_key_per_row
 from support import numpy_attention
+from support import rand
 from support import to_numpy
 
 import keras_selfattn as ksa
 
 ATOL = 1e-5
-
-
-def rand(rng, *shape):
-    return rng.standard_normal(shape).astype("float32")
-
-
-def keep_one_key_per_row(mask):
-    """Every query row keeps at least one key (so the peers agree)."""
-    mask = mask.copy()
-    mask[..., 0] = True
-    return mask
 
 
 # --------------------------------------------------------------------------
