@@ -144,17 +144,20 @@ class AttentionAxes:
             scores_shape[heads_axis + 1 :]
         )
 
-    def attention_mask(self, mask, scores_shape):
-        """A checked keras-style `attention_mask` -> broadcastable
-        `(B', heads, T, S)`; `scores_shape` is `scores_shape()` of the
-        run-time shapes. A group of axes (batch and others; heads; query
-        axes; key axes) stays size 1 where the mask is 1 on all of it."""
+    def attention_mask(self, mask, query, key, num_heads):
+        """A checked keras-style `attention_mask` of `query` and `key` ->
+        broadcastable `(B', heads, T, S)`. A group of axes (batch and
+        others; heads; query axes; key axes) stays size 1 where the mask is
+        1 on all of it."""
         full_rank = self.mask_rank_range()[1]
         heads_axis = 1 + len(self.others)
         while len(mask.shape) < full_rank:  # before the attention axes
             mask = ops.expand_dims(mask, -2 * len(self.attention) - 1)
         if self.is_identity:
             return mask
+        scores_shape = self.scores_shape(
+            ops.shape(query), ops.shape(key), num_heads
+        )
         count = len(self.attention)
         groups = (
             range(heads_axis),

@@ -392,10 +392,9 @@ class MultiHeadAttention(keras.layers.Layer):
         keys = axes.to_sequences(self.key_dense(key))
         values = axes.to_sequences(self.value_dense(value))
         if attention_mask is not None:
-            scores_shape = axes.scores_shape(
-                ops.shape(query), ops.shape(key), self.num_heads
+            attention_mask = axes.attention_mask(
+                attention_mask, query, key, self.num_heads
             )
-            attention_mask = axes.attention_mask(attention_mask, scores_shape)
         key_mask = axes.positions_mask(key_mask)
         if key_mask is not None:  # (B', S) -> (B', 1, 1, S)
             key_mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
@@ -447,7 +446,9 @@ class MultiHeadAttention(keras.layers.Layer):
         if not return_attention_scores:
             return output
         value = query if value is None else value
-        axes = AttentionAxes(len(query.shape), self.attention_axes)
+        axes = getattr(self, "_axes", None) or AttentionAxes(
+            len(query.shape), self.attention_axes
+        )
         scores_shape = axes.scores_shape(
             query.shape, value.shape, self.num_heads
         )
