@@ -20,11 +20,22 @@ def later_backends():
     return list(BACKENDS[BACKENDS.index(BACKEND) + 1 :])
 
 
-def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
+def numpy_attention(
+    query,
+    key,
+    value,
+    mask=None,
+    is_causal=False,
+    scale=None,
+    bias=None,
+    soft_cap=None,
+):
     """Independent float64 reference for scaled dot-product attention.
 
     Layout `(B, T, H, D)`; key/value heads are repeated for grouped queries.
-    Rows with no allowed key give zeros. Returns (output, probabilities).
+    `bias` (broadcastable to `(B, H, T, S)`) is added to the scaled logits,
+    then `soft_cap * tanh(x / soft_cap)`. Rows with no allowed key give
+    zeros. Returns (output, probabilities).
     """
     query, key, value = (np.asarray(t, np.float64) for t in (query, key, value))
     batch, q_len, heads, dim = query.shape
@@ -33,6 +44,10 @@ def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
     value = np.repeat(value, heads // kv_heads, axis=2)
     scale = 1.0 / np.sqrt(dim) if scale is None else scale
     logits = np.einsum("bthd,bshd->bhts", query, key) * scale
+    if bias is not None:
+        logits = logits + np.asarray(bias, np.float64)
+    if soft_cap is not None:
+        logits = soft_cap * np.tanh(logits / soft_cap)
     allowed = np.ones((batch, heads, q_len, k_len), bool)
     if mask is not None:
         allowed &= np.broadcast_to(np.asarray(mask).astype(bool), allowed.shape)
@@ -50,15 +65,27 @@ def numpy_attention(query, key, value, mask=None, is_causal=False, scale=None):
 
 
 def numpy_attention_grads(
-    query, key, value, upstream, mask=None, is_causal=False, scale=None
+    query,
+    key,
+    value,
+    upstream,
+    mask=None,
+    is_causal=False,
+    scale=None,
+    bias=None,
+    soft_cap=None,
 ):
     """Float64 gradients of `sum(upstream * attention(q, k, v))`, by hand.
 
-    dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP));
-    dQ = scale dS K; dK = scale dS^T Q; grouped heads sum into their key
-    head. Returns (dq, dk, dv) in the inputs' layout.
+    dV = P^T dO; dP = dO V^T; dS = P * (dP - rowsum(P * dP)), times
+    1 - tanh^2 under a soft cap; dQ = scale dS K; dK = scale dS^T Q;
+    grouped heads sum into their key head. Returns (dq, dk, dv) in the
+    inputs' layout, and with a `bias` also dS `(B, H, T, S)`, the gradient
+    of the (unbroadcast) bias.
     """
-    _, probs = numpy_attention(query, key, value, mask, is_causal, scale)
+    _, probs = numpy_attention(
+        query, key, value, mask, is_causal, scale, bias, soft_cap
+    )
     query, key, value, upstream = (
         np.asarray(t, np.float64) for t in (query, key, value, upstream)
     )
@@ -72,6 +99,11 @@ def numpy_attention_grads(
     grad_logits = probs * (
         grad_probs - (probs * grad_probs).sum(-1, keepdims=True)
     )
+    if soft_cap is not None:
+        logits = np.einsum("bthd,bshd->bhts", query, key_rep) * scale
+        if bias is not None:
+            logits = logits + np.asarray(bias, np.float64)
+        grad_logits = grad_logits * (1.0 - np.tanh(logits / soft_cap) ** 2)
     grad_query = scale * np.einsum("bhts,bshd->bthd", grad_logits, key_rep)
     grad_key = scale * np.einsum("bhts,bthd->bshd", grad_logits, query)
 
@@ -79,7 +111,8 @@ def numpy_attention_grads(
         batch, length = grad.shape[:2]
         return grad.reshape(batch, length, kv_heads, groups, -1).sum(3)
 
-    return grad_query, sum_groups(grad_key), sum_groups(grad_value)
+    grads = grad_query, sum_groups(grad_key), sum_groups(grad_value)
+    return grads if bias is None else grads + (grad_logits,)
 
 
 def rand(rng, *shape):

@@ -15,19 +15,38 @@ from keras_selfattn.ops.attention import (
     choose_implementation,
     scaled_dot_product_attention,
 )
-from keras_selfattn.ops.checks import check_dtype, check_float_input, check_mask
+from keras_selfattn.ops.checks import (
+    check_attention_bias,
+    check_dtype,
+    check_float_input,
+    check_mask,
+)
 from keras_selfattn.ops.masks import (
     causal_mask,
     merge_masks,
     padding_to_attention_mask,
+)
+from keras_selfattn.ops.positions import (
+    PositionBias,
+    alibi_bias,
+    alibi_slopes,
+    apply_rotary,
+    relative_position_bias,
+    relative_position_buckets,
+    rotary_cos_sin,
 )
 
 __all__ = [
     "BLOCK_SIZE",
     "BLOCKWISE_MIN_LENGTH",
     "IMPLEMENTATIONS",
+    "PositionBias",
+    "alibi_bias",
+    "alibi_slopes",
+    "apply_rotary",
     "attention_core",
     "causal_mask",
+    "check_attention_bias",
     "check_dtype",
     "check_float_input",
     "check_implementation",
@@ -35,5 +54,8 @@ __all__ = [
     "choose_implementation",
     "merge_masks",
     "padding_to_attention_mask",
+    "relative_position_bias",
+    "relative_position_buckets",
+    "rotary_cos_sin",
     "scaled_dot_product_attention",
 ]

@@ -37,11 +37,17 @@ from keras import ops
 
 from keras_selfattn._validation import (
     check_choice,
+    check_positive_float,
     check_positive_int,
     check_rate,
 )
 from keras_selfattn.ops.blockwise import blockwise_attention
-from keras_selfattn.ops.checks import check_attention_mask, check_qkv
+from keras_selfattn.ops.checks import (
+    check_attention_bias,
+    check_attention_mask,
+    check_position_bias,
+    check_qkv,
+)
 from keras_selfattn.ops.einsum import einsum_attention
 from keras_selfattn.ops.fused import fused_attention
 from keras_selfattn.ops.masks import as_bool, merge_masks, sliding_window_mask
@@ -68,8 +74,11 @@ def scaled_dot_product_attention(
     implementation="auto",
     sliding_window=None,
     flash_attention=None,
+    attention_bias=None,
+    position_bias=None,
+    logit_soft_cap=None,
 ):
-    """softmax(Q K^T * scale) V with boolean masks, in float32 softmax.
+    """softmax(cap(Q K^T * scale + biases)) V with boolean masks, in float32.
 
     Args:
         query: `(B, T, H, D)` float tensor.
@@ -96,6 +105,15 @@ def scaled_dot_product_attention(
             the backend's flash kernel, True requires it (and so
             `"fused"`; `"auto"` picks it) and fails where the backend has
             none.
+        attention_bias: optional float tensor added to the logits, of rank
+            2 `(T, S)` or rank 4, broadcastable to `(B, H, T, S)`;
+            differentiable on every path.
+        position_bias: optional `PositionBias` (`alibi_bias`,
+            `relative_position_bias`) added to the logits; the blockwise
+            path computes it tile by tile from positions.
+        logit_soft_cap: optional positive float: the biased logits `x`
+            become `logit_soft_cap * tanh(x / logit_soft_cap)` (Gemma 2)
+            before masking. Not on `"fused"`.
 
     Returns:
         `(B, T, H, Dv)`, and the probabilities if asked, in the value's dtype.
@@ -114,15 +132,27 @@ def scaled_dot_product_attention(
     ... )
     >>> bool(np.allclose(long, scaled_dot_product_attention(q, kv, kv)))
     True
+    >>> from keras_selfattn.ops import alibi_bias
+    >>> alibi = scaled_dot_product_attention(
+    ...     q, kv, kv, position_bias=alibi_bias(4), logit_soft_cap=50.0
+    ... )
+    >>> tuple(alibi.shape)
+    (2, 3, 4, 8)
     """
     check_qkv(query, key, value)
     dropout_rate = check_rate("dropout_rate", dropout_rate)
     check_attention_mask(mask, query, key)
+    check_attention_bias(attention_bias, query, key)
+    check_position_bias(position_bias)
     check_positive_int("sliding_window", sliding_window, allow_none=True)
+    logit_soft_cap = check_positive_float(
+        "logit_soft_cap", logit_soft_cap, allow_none=True
+    )
     check_implementation(
         implementation,
         dropout_rate > 0.0 or return_attention_scores,
         flash_attention,
+        logit_soft_cap,
     )
     return attention_core(
         query,
@@ -137,6 +167,9 @@ def scaled_dot_product_attention(
         implementation=implementation,
         sliding_window=sliding_window,
         flash_attention=flash_attention,
+        attention_bias=attention_bias,
+        position_bias=position_bias,
+        logit_soft_cap=logit_soft_cap,
     )
 
 
@@ -154,6 +187,9 @@ def attention_core(
     implementation,
     sliding_window=None,
     flash_attention=None,
+    attention_bias=None,
+    position_bias=None,
+    logit_soft_cap=None,
 ):
     """`scaled_dot_product_attention` without its checks or defaults.
 
@@ -180,11 +216,20 @@ def attention_core(
         key_length=key.shape[1],
         needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
         flash_attention=flash_attention,
+        tiled_features=(
+            sliding_window is not None
+            or position_bias is not None
+            or logit_soft_cap is not None
+        ),
     )
     if mask is not None:
         mask = as_bool(mask)
         if len(mask.shape) == 2:
             mask = mask[None, None]
+    if attention_bias is not None:
+        attention_bias = ops.convert_to_tensor(attention_bias)
+        if len(attention_bias.shape) == 2:
+            attention_bias = attention_bias[None, None]
     if implementation == "blockwise":  # builds its window tile by tile
         return blockwise_attention(
             query,
@@ -195,6 +240,9 @@ def attention_core(
             scale,
             BLOCK_SIZE,
             sliding_window,
+            bias=attention_bias,
+            position_bias=position_bias,
+            logit_soft_cap=logit_soft_cap,
         )
     if sliding_window is not None:
         window = sliding_window_mask(
@@ -203,10 +251,28 @@ def attention_core(
         mask = merge_masks(mask, window[None, None])
     if implementation == "fused":
         return fused_attention(
-            query, key, value, mask, is_causal, scale, flash_attention
+            query,
+            key,
+            value,
+            mask,
+            is_causal,
+            scale,
+            flash_attention,
+            bias=attention_bias,
+            position_bias=position_bias,
         )
     output, probs = einsum_attention(
-        query, key, value, mask, is_causal, scale, dropout_rate, seed
+        query,
+        key,
+        value,
+        mask,
+        is_causal,
+        scale,
+        dropout_rate,
+        seed,
+        bias=attention_bias,
+        position_bias=position_bias,
+        logit_soft_cap=logit_soft_cap,
     )
     if return_attention_scores:
         return output, probs
@@ -214,14 +280,18 @@ def attention_core(
 
 
 def check_implementation(
-    implementation, needs_probabilities=False, flash_attention=None
+    implementation,
+    needs_probabilities=False,
+    flash_attention=None,
+    logit_soft_cap=None,
 ):
     """Return `implementation` if it is known and gives what is needed.
 
     Attention dropout and returned probabilities (`needs_probabilities`)
     need `"einsum"`, or `"auto"`, which then picks it. `flash_attention`
     (None or a bool) True needs `"fused"` or `"auto"`, and no
-    probabilities.
+    probabilities. A `logit_soft_cap` needs a path other than `"fused"`
+    (keras' kernel caps logits on TPUs only).
 
     Example:
 
@@ -252,11 +322,25 @@ def check_implementation(
             "supported with flash_attention=True; use "
             "flash_attention=None or False. Received: flash_attention=True"
         )
+    if logit_soft_cap is not None and (
+        implementation == "fused" or flash_attention
+    ):
+        raise ValueError(
+            "`logit_soft_cap` needs implementation='einsum', 'blockwise' or "
+            "'auto' (the backend kernels of 'fused' cannot cap logits), and "
+            f"flash_attention other than True. Received: logit_soft_cap="
+            f"{logit_soft_cap!r}, implementation={implementation!r}, "
+            f"flash_attention={flash_attention!r}"
+        )
     return implementation
 
 
 def choose_implementation(
-    implementation, key_length, needs_probabilities, flash_attention=None
+    implementation,
+    key_length,
+    needs_probabilities,
+    flash_attention=None,
+    tiled_features=False,
 ):
     """The attention implementation to run: `implementation` unless "auto".
 
@@ -264,9 +348,10 @@ def choose_implementation(
     `"fused"` when `flash_attention=True`;
     `"einsum"` when dropout or the probabilities are needed; otherwise
     `"fused"` on torch (its fused kernel) and on JAX with a GPU/TPU (cuDNN
-    flash attention); otherwise (JAX/TensorFlow on CPU) `"blockwise"` from
-    `BLOCKWISE_MIN_LENGTH` keys up, or when the length is unknown, and
-    `"einsum"` below.
+    flash attention), unless `tiled_features` (a sliding window, a position
+    bias or a soft cap, which the blockwise path computes tile by tile);
+    otherwise `"blockwise"` from `BLOCKWISE_MIN_LENGTH` keys up, or when
+    the length is unknown, and `"einsum"` below.
 
     Example:
 
@@ -277,12 +362,20 @@ def choose_implementation(
     """
     check_implementation(implementation, needs_probabilities, flash_attention)
     return _resolve_implementation(
-        implementation, key_length, needs_probabilities, flash_attention
+        implementation,
+        key_length,
+        needs_probabilities,
+        flash_attention,
+        tiled_features,
     )
 
 
 def _resolve_implementation(
-    implementation, key_length, needs_probabilities, flash_attention=None
+    implementation,
+    key_length,
+    needs_probabilities,
+    flash_attention=None,
+    tiled_features=False,
 ):
     """`choose_implementation` for checked arguments."""
     if implementation != "auto":
@@ -292,7 +385,10 @@ def _resolve_implementation(
     if needs_probabilities:
         return "einsum"
     backend = keras.backend.backend()
-    if backend == "torch" or (backend == "jax" and _accelerator() != "cpu"):
+    fused_kernel = backend == "torch" or (
+        backend == "jax" and _accelerator() != "cpu"
+    )
+    if fused_kernel and not tiled_features:
         return "fused"
     if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
         return "blockwise"

@@ -6,6 +6,8 @@ argument and the value received. Symbolic dims (None) always pass.
 
 import keras
 
+from keras_selfattn.ops.positions import PositionBias
+
 
 def check_dtype(name, tensor, accepts, description):
     """Raise TypeError unless `accepts(dtype)` for `tensor`'s dtype."""
@@ -88,6 +90,39 @@ def check_attention_mask(mask, query, key):
             "`mask` must have rank 2 (T, S) or rank 4 (B, H, T, S); for a "
             "(B, T, S) mask use `ops.expand_dims(mask, 1)`. "
             f"Received: mask.shape={tuple(mask.shape)}"
+        )
+
+
+def check_attention_bias(bias, query, key, name="attention_bias"):
+    """Raise unless `bias` (or None) is a float tensor of rank 2 `(T, S)`
+    or rank 4 broadcastable to `(B, H, T, S)`."""
+    if bias is None:
+        return
+    check_float_input(name, bias)
+    batch, query_length, num_heads = query.shape[:3]
+    key_length = key.shape[1]
+    if len(bias.shape) == 2:
+        _check_mask_shape(name, bias, (query_length, key_length))
+    elif len(bias.shape) == 4:
+        _check_mask_shape(
+            name, bias, (batch, num_heads, query_length, key_length)
+        )
+    else:
+        raise ValueError(
+            f"`{name}` must have rank 2 (T, S) or rank 4 (B, H, T, S). "
+            f"Received: {name}.shape={tuple(bias.shape)}"
+        )
+
+
+def check_position_bias(position_bias):
+    """Raise TypeError unless `position_bias` is None or a `PositionBias`."""
+    if position_bias is not None and not isinstance(
+        position_bias, PositionBias
+    ):
+        raise TypeError(
+            "`position_bias` must be a PositionBias (see "
+            "`keras_selfattn.ops.alibi_bias` and `relative_position_bias`) "
+            f"or None. Received: position_bias={position_bias!r}"
         )
 
 

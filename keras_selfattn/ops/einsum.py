@@ -13,22 +13,50 @@ SOFTMAX_DTYPE = "float32"
 
 
 def einsum_attention(
-    query, key, value, mask, is_causal, scale, dropout_rate=0.0, seed=None
+    query,
+    key,
+    value,
+    mask,
+    is_causal,
+    scale,
+    dropout_rate=0.0,
+    seed=None,
+    bias=None,
+    position_bias=None,
+    logit_soft_cap=None,
 ):
     """Output `(B, T, H, Dv)` and probabilities `(B, H, T, S)`, both in the
-    value's dtype; `mask` is boolean, broadcastable to `(B, H, T, S)`."""
+    value's dtype; `mask` is boolean, broadcastable to `(B, H, T, S)`;
+    `bias` (broadcastable, or None) and `position_bias` (a `PositionBias`
+    or None) are added to the logits before the soft cap `logit_soft_cap`
+    (or None)."""
     if is_causal:
         mask = merge_masks(
             mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         )
     query = ops.multiply(query, ops.cast(scale, query.dtype))
     logits = _attention_logits(query, key)
+    if bias is not None:
+        logits = logits + ops.cast(bias, SOFTMAX_DTYPE)
+    if position_bias is not None:
+        logits = logits + position_bias.full(
+            ops.shape(query)[1], ops.shape(key)[1]
+        )
+    logits = cap_logits(logits, logit_soft_cap)
     probs = _masked_softmax(logits, mask)
     weights = probs
     if dropout_rate > 0.0:
         weights = keras.random.dropout(weights, dropout_rate, seed=seed)
     output = _attend(ops.cast(weights, value.dtype), value)
     return output, ops.cast(probs, value.dtype)
+
+
+def cap_logits(logits, logit_soft_cap):
+    """`cap * tanh(logits / cap)` (Gemma 2's soft cap), or `logits` when
+    the cap is None."""
+    if logit_soft_cap is None:
+        return logits
+    return logit_soft_cap * ops.tanh(logits / logit_soft_cap)
 
 
 def _attention_logits(query, key):

@@ -8,17 +8,28 @@ query may attend to are trimmed off the tail first.
 import keras
 from keras import ops
 
-from keras_selfattn.ops.masks import causal_mask, merge_masks
+from keras_selfattn.ops.masks import causal_mask, masked_logit, merge_masks
 
 
 def fused_attention(
-    query, key, value, mask, is_causal, scale, flash_attention=None
+    query,
+    key,
+    value,
+    mask,
+    is_causal,
+    scale,
+    flash_attention=None,
+    bias=None,
+    position_bias=None,
 ):
     """`keras.ops.dot_product_attention`, with empty rows set to zeros.
 
     `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None;
     `flash_attention` as in `keras.ops.dot_product_attention` (None also
-    honours `keras.config.disable_flash_attention()`).
+    honours `keras.config.disable_flash_attention()`). `bias` (rank 4,
+    broadcastable, or None) and `position_bias` (a `PositionBias`, built
+    whole here) are added to the logits; with either, the mask is folded
+    into that bias (torch's kernel takes a bias or a mask, not both).
     Not every backend's kernel takes grouped key/value heads or a value
     size other than the key size, so key/value heads are repeated and the
     head sizes zero-padded to one size (neither changes the result). The
@@ -26,10 +37,14 @@ def fused_attention(
     `ops.where` replaces it with zeros, which also zeroes the gradient
     flowing into that row.
     """
-    if mask is not None and is_causal:
+    if position_bias is not None:
+        full = position_bias.full(ops.shape(query)[1], ops.shape(key)[1])
+        bias = full[None] if bias is None else bias + full[None]
+    if (mask is not None or bias is not None) and is_causal:
         causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
-        mask, is_causal = merge_masks(mask, causal), False
-    if mask is not None and mask.shape[-1] != 1 and _eager_torch():
+        mask, is_causal = merge_masks(mask, causal[None, None]), False
+    trims = bias is None and mask is not None and mask.shape[-1] != 1
+    if trims and _eager_torch():
         key, value, mask = _trim_masked_key_tail(key, value, mask)
     groups = query.shape[2] // key.shape[2]
     if groups > 1:
@@ -47,11 +62,18 @@ def fused_attention(
         # torch.compile cannot trace; False lets torch's own dispatcher pick
         # the kernel (flash included) instead.
         flash_attention = False
+    kernel_mask = mask
+    if bias is not None:
+        bias = ops.cast(bias, query.dtype)
+        if mask is not None:
+            bias = ops.where(mask, bias, masked_logit(query.dtype))
+        kernel_mask = None
     output = ops.dot_product_attention(
         query,
         key,
         value,
-        mask=mask,
+        bias=bias,
+        mask=kernel_mask,
         scale=scale,
         is_causal=is_causal,
         flash_attention=flash_attention,

@@ -8,6 +8,22 @@ from keras import ops
 MASKED_LOGIT = float(-3.4028234663852886e38)
 
 
+# The finite minimum of the half-precision dtypes, for logits kept in them.
+_FINITE_MINIMUM = {"float16": -65504.0, "bfloat16": -3.3895313892515355e38}
+
+
+def masked_logit(dtype):
+    """The masked-logit value for logits of `dtype`: its finite minimum.
+
+    Example:
+
+    >>> masked_logit("float16")
+    -65504.0
+    """
+    dtype = keras.backend.standardize_dtype(dtype)
+    return _FINITE_MINIMUM.get(dtype, MASKED_LOGIT)
+
+
 def causal_mask(query_length, key_length=None):
     """Boolean `(query_length, key_length)` mask, True on/below the diagonal.
 
