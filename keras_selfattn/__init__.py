@@ -13,8 +13,11 @@ Example:
 
 from keras_selfattn import distribution, ops
 from keras_selfattn.layers import (
+    AlibiBias,
     GroupedQueryAttention,
     MultiHeadAttention,
+    RelativePositionBias,
+    RotaryEmbedding,
     SelfAttention,
     SinusoidalPositionEncoding,
     TokenAndPositionEmbedding,
@@ -28,9 +31,12 @@ GroupQueryAttention = GroupedQueryAttention
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlibiBias",
     "GroupQueryAttention",
     "GroupedQueryAttention",
     "MultiHeadAttention",
+    "RelativePositionBias",
+    "RotaryEmbedding",
     "SelfAttention",
     "SinusoidalPositionEncoding",
     "TokenAndPositionEmbedding",

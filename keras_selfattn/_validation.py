@@ -38,7 +38,7 @@ def check_choice(name, value, choices):
     """Return `value` if it is one of `choices`."""
     if value not in choices:
         raise ValueError(
-            f"`{name}` must be one of {sorted(choices)}. "
+            f"`{name}` must be one of {sorted(choices, key=str)}. "
             f"Received: {name}={value!r}"
         )
     return value

@@ -367,7 +367,28 @@ def saving_model():
         grid, grid
     )
     grouped = ksa.GroupedQueryAttention(3, 4, 2, **gated)(query, query)
-    return keras.Model([query, grid], [windowed, axial, grouped])
+    # Positions and caps (tests/test_positions.py checks their values).
+    encoder = ksa.TransformerEncoder(
+        2,
+        8,
+        num_key_value_heads=1,
+        sliding_window=4,
+        logit_soft_cap=2.0,
+        rotary_max_wavelength=100,
+        position_bias="relative",
+        relative_num_buckets=8,
+        relative_max_distance=16,
+    )(query)
+    alibi = ksa.MultiHeadAttention(
+        2, 3, position_bias="alibi", logit_soft_cap=3.0
+    )(query, use_causal_mask=True)
+    model = keras.Model(
+        [query, grid], [windowed, axial, grouped, encoder, alibi]
+    )
+    for variable in model.weights:  # a table that is not all zeros
+        if "relative_position_bias" in variable.path:
+            variable.assign(rand(np.random.default_rng(4), 8, 2))
+    return model
 
 
 LOAD_AND_PREDICT = """

@@ -1,9 +1,14 @@
 """Keras layers: attention, Transformer encoder, embeddings."""
 
+from keras_selfattn.layers.alibi_bias import AlibiBias
 from keras_selfattn.layers.grouped_query_attention import (
     GroupedQueryAttention,
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
+from keras_selfattn.layers.relative_position_bias import (
+    RelativePositionBias,
+)
+from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
 from keras_selfattn.layers.self_attention import SelfAttention
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     SinusoidalPositionEncoding,
@@ -14,8 +19,11 @@ from keras_selfattn.layers.token_and_position_embedding import (
 from keras_selfattn.layers.transformer_encoder import TransformerEncoder
 
 __all__ = [
+    "AlibiBias",
     "GroupedQueryAttention",
     "MultiHeadAttention",
+    "RelativePositionBias",
+    "RotaryEmbedding",
     "SelfAttention",
     "SinusoidalPositionEncoding",
     "TokenAndPositionEmbedding",

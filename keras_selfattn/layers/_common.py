@@ -3,7 +3,12 @@
 import keras
 from keras import ops
 
-from keras_selfattn._validation import check_positive_int, check_rate
+from keras_selfattn._validation import (
+    check_choice,
+    check_positive_float,
+    check_positive_int,
+    check_rate,
+)
 from keras_selfattn.ops import (
     attention_core,
     check_dtype,
@@ -27,19 +32,25 @@ def set_attention_options(
     implementation,
     flash_attention=None,
     sliding_window=None,
+    logit_soft_cap=None,
 ):
     """Check and set what every attention layer takes: the dropout rate on
     the probabilities, its seed, the implementation (which must be able to
-    apply that dropout), `flash_attention` and `sliding_window` (see
+    apply that dropout and the soft cap), `flash_attention`,
+    `sliding_window` and `logit_soft_cap` (see
     `keras_selfattn.ops.scaled_dot_product_attention`); the layer supports
     Keras masks."""
     layer.dropout = check_rate("dropout", dropout)
     layer.seed = seed
     layer.seed_generator = keras.random.SeedGenerator(seed)
+    layer.logit_soft_cap = check_positive_float(
+        "logit_soft_cap", logit_soft_cap, allow_none=True
+    )
     layer.implementation = check_implementation(
         implementation,
         needs_probabilities=layer.dropout > 0.0,
         flash_attention=flash_attention,
+        logit_soft_cap=layer.logit_soft_cap,
     )
     layer.flash_attention = flash_attention
     layer.sliding_window = check_positive_int(
@@ -48,11 +59,57 @@ def set_attention_options(
     layer.supports_masking = True
 
 
-def attend(layer, query, key, value, mask, causal, scale, training, scores):
+POSITION_BIASES = (None, "alibi", "relative")
+
+
+def check_position_options(
+    position_bias=None,
+    rotary_max_wavelength=None,
+    rotary_scaling_factor=1.0,
+    alibi_bias_max=8,
+    relative_num_buckets=32,
+    relative_max_distance=128,
+):
+    """The checked position options of an attention layer, as a dict of
+    its constructor arguments (see `MultiHeadAttention`)."""
+    return {
+        "position_bias": check_choice(
+            "position_bias", position_bias, POSITION_BIASES
+        ),
+        "rotary_max_wavelength": check_positive_float(
+            "rotary_max_wavelength", rotary_max_wavelength, allow_none=True
+        ),
+        "rotary_scaling_factor": check_positive_float(
+            "rotary_scaling_factor", rotary_scaling_factor
+        ),
+        "alibi_bias_max": check_positive_int("alibi_bias_max", alibi_bias_max),
+        "relative_num_buckets": check_positive_int(
+            "relative_num_buckets", relative_num_buckets
+        ),
+        "relative_max_distance": check_positive_int(
+            "relative_max_distance", relative_max_distance
+        ),
+    }
+
+
+def attend(
+    layer,
+    query,
+    key,
+    value,
+    mask,
+    causal,
+    scale,
+    training,
+    scores,
+    attention_bias=None,
+    position_bias=None,
+):
     """`attention_core` on checked `(B, L, heads, dim)` tensors with the
     layer's own options (`set_attention_options`): its dropout (in training
-    only), seed generator, implementation, flash attention and sliding
-    window. `scores=True` also returns the probabilities."""
+    only), seed generator, implementation, flash attention, sliding window
+    and soft cap; `attention_bias` and `position_bias` as in the op.
+    `scores=True` also returns the probabilities."""
     return attention_core(
         query,
         key,
@@ -66,6 +123,9 @@ def attend(layer, query, key, value, mask, causal, scale, training, scores):
         implementation=layer.implementation,
         sliding_window=layer.sliding_window,
         flash_attention=layer.flash_attention,
+        attention_bias=attention_bias,
+        position_bias=position_bias,
+        logit_soft_cap=layer.logit_soft_cap,
     )
 
 

@@ -10,12 +10,19 @@ from keras_selfattn.layers._attention_axes import (
 )
 from keras_selfattn.layers._common import (
     attend,
+    check_position_options,
     clone_initializer,
     initializers_config,
     set_attention_options,
     zero_masked_rows,
 )
+from keras_selfattn.layers.relative_position_bias import (
+    RelativePositionBias,
+)
+from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
 from keras_selfattn.ops import (
+    alibi_bias,
+    check_bias,
     check_float_input,
     check_implementation,
     check_mask,
@@ -71,6 +78,19 @@ class MultiHeadAttention(keras.layers.Layer):
         implementation: `"auto"`, `"einsum"`, `"fused"` or `"blockwise"`,
             the attention kernel (see `keras_selfattn.ops`); dropout > 0
             needs `"einsum"` or `"auto"`.
+        logit_soft_cap: positive float or None: logits `x` become
+            `cap * tanh(x / cap)` (Gemma 2), on every path but `"fused"`.
+        rotary_max_wavelength: positive number or None: rotary position
+            embeddings (`RotaryEmbedding`) on the queries and keys, with
+            this `max_wavelength`; needs an even `key_dim`.
+        rotary_scaling_factor: the rotary `scaling_factor`.
+        position_bias: None, `"alibi"` (`AlibiBias`, slopes from
+            `alibi_bias_max`) or `"relative"` (T5's learned bias, a
+            `RelativePositionBias` sublayer with `relative_num_buckets` and
+            `relative_max_distance`), added to the logits; the blockwise
+            path computes it tile by tile.
+        alibi_bias_max, relative_num_buckets, relative_max_distance: see
+            `position_bias`.
         **kwargs: base layer arguments (`name`, `dtype`...); `output_dim`,
             the former name of an int `output_shape`, is still read.
 
@@ -84,6 +104,9 @@ class MultiHeadAttention(keras.layers.Layer):
             Keras fills them from the inputs' implicit masks.
         attention_mask: boolean `(B, T, S)`, True = may attend; broadcast
             as in keras (`(T, S)`, `(B, 1, S)`, `(B, heads, T, S)`...).
+        attention_bias: float added to the logits, `(T, S)`, `(B, T, S)`
+            or `(B, heads, T, S)` (or 1 on broadcast axes); 3-D inputs
+            only. Differentiable.
         return_attention_scores: also return the probabilities.
         training: enables dropout.
         use_causal_mask: query `i` attends to keys `0..i` only.
@@ -136,6 +159,13 @@ class MultiHeadAttention(keras.layers.Layer):
         seed=None,
         num_key_value_heads=None,
         implementation="auto",
+        logit_soft_cap=None,
+        rotary_max_wavelength=None,
+        rotary_scaling_factor=1.0,
+        position_bias=None,
+        alibi_bias_max=8,
+        relative_num_buckets=32,
+        relative_max_distance=128,
         **kwargs,
     ):
         output_dim = kwargs.pop("output_dim", None)  # former name
@@ -164,7 +194,23 @@ class MultiHeadAttention(keras.layers.Layer):
             implementation,
             flash_attention=flash_attention,
             sliding_window=sliding_window,
+            logit_soft_cap=logit_soft_cap,
         )
+        self._position_options = check_position_options(
+            position_bias,
+            rotary_max_wavelength,
+            rotary_scaling_factor,
+            alibi_bias_max,
+            relative_num_buckets,
+            relative_max_distance,
+        )
+        for name, option in self._position_options.items():
+            setattr(self, name, option)
+        if self.rotary_max_wavelength is not None and self.key_dim % 2:
+            raise ValueError(
+                "Rotary embeddings (`rotary_max_wavelength`) need an even "
+                f"`key_dim`. Received: key_dim={key_dim}"
+            )
         self.use_bias = bool(use_bias)
         self.use_gate = bool(use_gate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -264,6 +310,22 @@ class MultiHeadAttention(keras.layers.Layer):
         self.output_dense.build(
             tuple(query_shape[:-1]) + (self.num_heads, self.value_dim)
         )
+        if self.rotary_max_wavelength is not None:
+            self.rotary_embedding = RotaryEmbedding(
+                self.rotary_max_wavelength,
+                self.rotary_scaling_factor,
+                dtype=self.dtype_policy,
+                name="rotary_embedding",
+            )
+        if self.position_bias == "relative":
+            self.relative_position_bias = RelativePositionBias(
+                self.num_heads,
+                self.relative_num_buckets,
+                self.relative_max_distance,
+                dtype=self.dtype_policy,
+                name="relative_position_bias",
+            )
+            self.relative_position_bias.build()
 
     def call(
         self,
@@ -277,6 +339,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return_attention_scores=False,
         training=None,
         use_causal_mask=False,
+        attention_bias=None,
         mask=None,
         _inputs_checked=False,
     ):
@@ -299,7 +362,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.implementation,
                 return_attention_scores,
                 self.flash_attention,
+                self.logit_soft_cap,
             )
+            self._check_attention_bias(attention_bias, query, value)
         if self_attention:
             query_mask = merge_masks(query_mask, mask)
             value_mask = merge_masks(value_mask, query_mask)
@@ -313,7 +378,36 @@ class MultiHeadAttention(keras.layers.Layer):
             use_causal_mask=use_causal_mask,
             return_attention_scores=return_attention_scores,
             training=training,
+            attention_bias=attention_bias,
         )
+
+    def _check_attention_bias(self, bias, query, value):
+        """Raise unless `bias` (or None) is a float `(T, S)`, `(B, T, S)` or
+        `(B, heads, T, S)` tensor for 3-D inputs."""
+        if bias is None:
+            return
+        if len(query.shape) != 3:
+            raise ValueError(
+                "`attention_bias` needs 3-D inputs (batch, length, width). "
+                f"Received: query.shape={tuple(query.shape)}"
+            )
+        batch, length, key_length = (
+            query.shape[0],
+            query.shape[1],
+            value.shape[1],
+        )
+        expected = {
+            2: (length, key_length),
+            3: (batch, length, key_length),
+            4: (batch, self.num_heads, length, key_length),
+        }.get(len(bias.shape))
+        if expected is None:
+            raise ValueError(
+                "`attention_bias` must have shape (T, S), (B, T, S) or "
+                f"(B, heads, T, S). Received: attention_bias.shape="
+                f"{tuple(bias.shape)}"
+            )
+        check_bias("attention_bias", bias, expected)
 
     def _check_inputs(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):
@@ -380,6 +474,7 @@ class MultiHeadAttention(keras.layers.Layer):
         use_causal_mask=False,
         return_attention_scores=False,
         training=None,
+        attention_bias=None,
     ):
         """The attention of checked inputs and masks.
 
@@ -399,9 +494,15 @@ class MultiHeadAttention(keras.layers.Layer):
         if key_mask is not None:  # (B', S) -> (B', 1, 1, S)
             key_mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
         mask = merge_masks(attention_mask, key_mask)
+        queries = axes.to_sequences(projected_query)
+        if self.rotary_max_wavelength is not None:
+            queries = self.rotary_embedding(queries)
+            keys = self.rotary_embedding(keys)
+        if attention_bias is not None and len(attention_bias.shape) == 3:
+            attention_bias = ops.expand_dims(attention_bias, 1)
         result = attend(
             self,
-            axes.to_sequences(projected_query),
+            queries,
             keys,
             values,
             mask,
@@ -409,6 +510,8 @@ class MultiHeadAttention(keras.layers.Layer):
             1.0 / float(self.key_dim) ** 0.5,
             training,
             return_attention_scores,
+            attention_bias=attention_bias,
+            position_bias=self._position_bias(),
         )
         output, scores = result if return_attention_scores else (result, None)
         # Padded queries attend to nothing: their rows are zeros.
@@ -422,6 +525,14 @@ class MultiHeadAttention(keras.layers.Layer):
             return output
         scores = zero_masked_rows(scores, query_mask, query_axis=2)
         return output, axes.scores_from_sequences(scores, query, key)
+
+    def _position_bias(self):
+        """The `PositionBias` of `position_bias`, or None."""
+        if self.position_bias == "alibi":
+            return alibi_bias(self.num_heads, self.alibi_bias_max)
+        if self.position_bias == "relative":
+            return self.relative_position_bias.position_bias()
+        return None
 
     def compute_mask(self, inputs, previous_mask=None):
         return previous_mask
@@ -487,6 +598,8 @@ class MultiHeadAttention(keras.layers.Layer):
                 "seed": self.seed,
                 "num_key_value_heads": self.num_key_value_heads,
                 "implementation": self.implementation,
+                "logit_soft_cap": self.logit_soft_cap,
+                **self._position_options,
             }
         )
         return config

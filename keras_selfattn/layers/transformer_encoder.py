@@ -8,6 +8,7 @@ from keras_selfattn._validation import (
     check_rate,
 )
 from keras_selfattn.layers._common import (
+    check_position_options,
     check_self_attention_call,
     clone_initializer,
     initializers_config,
@@ -42,12 +43,18 @@ class TransformerEncoder(keras.layers.Layer):
         kernel_initializer, bias_initializer: for every dense sublayer.
         seed: seed for the dropouts.
         implementation: the attention kernel, as in `MultiHeadAttention`.
+        sliding_window, logit_soft_cap, rotary_max_wavelength,
+        rotary_scaling_factor, position_bias, alibi_bias_max,
+        relative_num_buckets, relative_max_distance: the attention's
+            window, soft cap and positions, as in `MultiHeadAttention`.
 
     Call arguments:
         inputs: `(B, L, width)` float tensor.
         padding_mask: boolean `(B, L)`, True for real tokens. Defaults to the
             implicit Keras mask of `inputs` (e.g. from `mask_zero=True`).
         attention_mask: boolean `(B, L, L)`, True = may attend.
+        attention_bias: float added to the attention logits, `(L, L)`,
+            `(B, L, L)` or `(B, heads, L, L)`.
         training: enables dropout.
         return_attention_scores: also return `(B, heads, L, L)` scores.
 
@@ -82,6 +89,14 @@ class TransformerEncoder(keras.layers.Layer):
         seed=None,
         attention_dropout=None,
         implementation="auto",
+        sliding_window=None,
+        logit_soft_cap=None,
+        rotary_max_wavelength=None,
+        rotary_scaling_factor=1.0,
+        position_bias=None,
+        alibi_bias_max=8,
+        relative_num_buckets=32,
+        relative_max_distance=128,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -95,9 +110,24 @@ class TransformerEncoder(keras.layers.Layer):
             if attention_dropout is None
             else check_rate("attention_dropout", attention_dropout)
         )
+        self.sliding_window = check_positive_int(
+            "sliding_window", sliding_window, allow_none=True
+        )
+        self.logit_soft_cap = check_positive_float(
+            "logit_soft_cap", logit_soft_cap, allow_none=True
+        )
         self.implementation = check_implementation(
             implementation,
             needs_probabilities=self._attention_dropout_rate > 0.0,
+            logit_soft_cap=self.logit_soft_cap,
+        )
+        self._position_options = check_position_options(
+            position_bias,
+            rotary_max_wavelength,
+            rotary_scaling_factor,
+            alibi_bias_max,
+            relative_num_buckets,
+            relative_max_distance,
         )
         self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)
@@ -160,6 +190,9 @@ class TransformerEncoder(keras.layers.Layer):
             bias_initializer=clone_initializer(self.bias_initializer),
             seed=self.seed,
             implementation=self.implementation,
+            sliding_window=self.sliding_window,
+            logit_soft_cap=self.logit_soft_cap,
+            **self._position_options,
             dtype=self.dtype_policy,
             name="self_attention",
         )
@@ -192,12 +225,21 @@ class TransformerEncoder(keras.layers.Layer):
         attention_mask=None,
         training=None,
         return_attention_scores=False,
+        attention_bias=None,
         mask=None,
     ):
         attention_mask = check_self_attention_call(
             inputs, self.width, padding_mask, attention_mask, mask
         )
-        check_implementation(self.implementation, return_attention_scores)
+        check_implementation(
+            self.implementation,
+            return_attention_scores,
+            None,
+            self.logit_soft_cap,
+        )
+        self.self_attention._check_attention_bias(
+            attention_bias, inputs, inputs
+        )
 
         residual = inputs
         x = (
@@ -213,6 +255,7 @@ class TransformerEncoder(keras.layers.Layer):
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             training=training,
+            attention_bias=attention_bias,
             _inputs_checked=True,
         )
         if return_attention_scores:
@@ -264,6 +307,9 @@ class TransformerEncoder(keras.layers.Layer):
                 "seed": self.seed,
                 "attention_dropout": self.attention_dropout,
                 "implementation": self.implementation,
+                "sliding_window": self.sliding_window,
+                "logit_soft_cap": self.logit_soft_cap,
+                **self._position_options,
             }
         )
         return config

@@ -17,6 +17,7 @@ from keras_selfattn.ops.attention import (
 )
 from keras_selfattn.ops.checks import (
     check_attention_bias,
+    check_bias,
     check_dtype,
     check_float_input,
     check_mask,
@@ -47,6 +48,7 @@ __all__ = [
     "attention_core",
     "causal_mask",
     "check_attention_bias",
+    "check_bias",
     "check_dtype",
     "check_float_input",
     "check_implementation",

@@ -93,20 +93,30 @@ def check_attention_mask(mask, query, key):
         )
 
 
+def check_bias(name, bias, expected_shape):
+    """Raise unless `bias` is a float tensor that fits `expected_shape`
+    (each dim 1 or equal; None passes).
+
+    Example:
+
+    >>> import numpy as np
+    >>> check_bias("attention_bias", np.zeros((1, 5), "float32"), (3, 5))
+    """
+    check_float_input(name, bias)
+    _check_mask_shape(name, bias, expected_shape)
+
+
 def check_attention_bias(bias, query, key, name="attention_bias"):
     """Raise unless `bias` (or None) is a float tensor of rank 2 `(T, S)`
     or rank 4 broadcastable to `(B, H, T, S)`."""
     if bias is None:
         return
-    check_float_input(name, bias)
     batch, query_length, num_heads = query.shape[:3]
     key_length = key.shape[1]
     if len(bias.shape) == 2:
-        _check_mask_shape(name, bias, (query_length, key_length))
+        check_bias(name, bias, (query_length, key_length))
     elif len(bias.shape) == 4:
-        _check_mask_shape(
-            name, bias, (batch, num_heads, query_length, key_length)
-        )
+        check_bias(name, bias, (batch, num_heads, query_length, key_length))
     else:
         raise ValueError(
             f"`{name}` must have rank 2 (T, S) or rank 4 (B, H, T, S). "

@@ -31,14 +31,15 @@ def rotary_inverse_frequencies(rotary_dim, max_wavelength=10000):
 
 
 def rotary_cos_sin(positions, rotary_dim, max_wavelength=10000, scaling=1.0):
-    """cos and sin `(L, rotary_dim)` of the rotation angles at `positions`.
+    """cos and sin `(..., L, rotary_dim)` of the rotation angles at
+    `positions` (`(L,)` or `(B, L)`).
 
     Each angle appears twice, in the two halves of the feature axis, as
     keras-hub's layer lays them out.
     """
     positions = ops.cast(positions, POSITION_DTYPE) / float(scaling)
     inverse = rotary_inverse_frequencies(rotary_dim, max_wavelength)
-    angles = positions[:, None] * inverse[None, :]
+    angles = positions[..., None] * inverse
     angles = ops.concatenate([angles, angles], axis=-1)
     return ops.cos(angles), ops.sin(angles)
 

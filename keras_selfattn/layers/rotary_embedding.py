@@ -1,0 +1,138 @@
+"""RotaryEmbedding: rotary position embeddings, as keras-hub's layer."""
+
+import keras
+from keras import ops
+
+from keras_selfattn._validation import check_positive_float
+from keras_selfattn.ops import apply_rotary, rotary_cos_sin
+
+
+@keras.saving.register_keras_serializable(package="keras_selfattn")
+class RotaryEmbedding(keras.layers.Layer):
+    """Rotary position embeddings (Su et al. 2021) on any tensor.
+
+    The same arguments, call and result as `keras_hub.layers.RotaryEmbedding`
+    (its default `rope_type="linear"`): the feature axis is split in two
+    halves `(x1, x2)`, rotated by angles `position / scaling_factor *
+    max_wavelength ** (-2k / features)`. Attention layers apply it to their
+    queries and keys with `rotary_max_wavelength=`.
+
+    Args:
+        max_wavelength: the longest wavelength of the angles.
+        scaling_factor: positions are divided by it (linear scaling, to
+            stretch to longer contexts).
+        sequence_axis: the positions axis of the inputs.
+        feature_axis: the features axis; its size must be even.
+        **kwargs: base layer arguments (`name`, `dtype`...).
+
+    Call arguments:
+        inputs: float tensor with a sequence and a feature axis, e.g.
+            `(B, L, features)` or `(B, L, heads, features)`.
+        start_index: int or int tensor, the position of the first entry
+            (for cached decoding).
+        positions: optional explicit positions `(L,)` or `(B, L)`,
+            instead of `start_index + arange(L)`.
+
+    Returns:
+        The rotated inputs, same shape, in the compute dtype.
+
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.random.rand(2, 5, 3, 8).astype("float32")
+    >>> tuple(RotaryEmbedding()(x).shape)
+    (2, 5, 3, 8)
+
+    References:
+        Su et al., "RoFormer: Enhanced Transformer with Rotary Position
+        Embedding", 2021.
+    """
+
+    def __init__(
+        self,
+        max_wavelength=10000,
+        scaling_factor=1.0,
+        sequence_axis=1,
+        feature_axis=-1,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.max_wavelength = check_positive_float(
+            "max_wavelength", max_wavelength
+        )
+        self.scaling_factor = check_positive_float(
+            "scaling_factor", scaling_factor
+        )
+        for name, axis in (
+            ("sequence_axis", sequence_axis),
+            ("feature_axis", feature_axis),
+        ):
+            if isinstance(axis, bool) or not isinstance(axis, int):
+                raise ValueError(
+                    f"`{name}` must be an int. Received: {name}={axis!r}"
+                )
+        self.sequence_axis = sequence_axis
+        self.feature_axis = feature_axis
+        self.built = True
+
+    def _axes(self, rank):
+        sequence, feature = self.sequence_axis % rank, self.feature_axis % rank
+        if not (-rank <= self.sequence_axis < rank) or not (
+            -rank <= self.feature_axis < rank
+        ):
+            raise ValueError(
+                "`sequence_axis` and `feature_axis` must be axes of the "
+                f"inputs. Received: sequence_axis={self.sequence_axis}, "
+                f"feature_axis={self.feature_axis}, inputs of rank {rank}"
+            )
+        if sequence == feature:
+            raise ValueError(
+                "`sequence_axis` and `feature_axis` must differ. Received: "
+                f"sequence_axis={self.sequence_axis}, "
+                f"feature_axis={self.feature_axis}"
+            )
+        return sequence, feature
+
+    def call(self, inputs, start_index=0, positions=None):
+        sequence, feature = self._axes(len(inputs.shape))
+        features = inputs.shape[feature]
+        if features is not None and features % 2:
+            raise ValueError(
+                "Rotary embeddings need an even number of features. "
+                f"Received: inputs.shape={tuple(inputs.shape)} (feature "
+                f"axis {self.feature_axis})"
+            )
+        inputs = ops.moveaxis(inputs, (sequence, feature), (1, -1))
+        if positions is None:
+            positions = ops.arange(ops.shape(inputs)[1], dtype="float32")
+            positions = positions + ops.cast(start_index, "float32")
+        cos, sin = rotary_cos_sin(
+            positions,
+            ops.shape(inputs)[-1],
+            self.max_wavelength,
+            self.scaling_factor,
+        )
+        if len(cos.shape) == 2:  # (L, features) -> (1, L, features)
+            cos, sin = cos[None], sin[None]
+        middle = (1,) * (len(inputs.shape) - 3)
+        cos, sin = (
+            ops.reshape(t, ops.shape(t)[:2] + middle + ops.shape(t)[2:])
+            for t in (cos, sin)
+        )
+        output = apply_rotary(ops.cast(inputs, self.compute_dtype), cos, sin)
+        return ops.moveaxis(output, (1, -1), (sequence, feature))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "max_wavelength": self.max_wavelength,
+                "scaling_factor": self.scaling_factor,
+                "sequence_axis": self.sequence_axis,
+                "feature_axis": self.feature_axis,
+            }
+        )
+        return config
