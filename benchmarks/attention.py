@@ -17,6 +17,12 @@ is printed for scale.
 
 Memory: `--memory` runs every (layer, length) in a fresh process and reports
 its peak resident set (`ru_maxrss`) after a warm-up step and one more step.
+
+Local attention: `--window W` gives both layers `sliding_window=W` and adds
+`nowindow`, ours without the window, for scale:
+
+    KERAS_BACKEND=$b python benchmarks/attention.py --window 256 \\
+        --batch 1 --lengths 4096 16384 --repeats 3
 """
 
 import argparse
@@ -32,12 +38,17 @@ import numpy as np
 import keras_selfattn
 
 
-def build_layer(name, width, heads):
-    """`"keras"`, or one of our implementations (`"auto"`, `"blockwise"`...)."""
+def build_layer(name, width, heads, window=None):
+    """`"keras"`, one of our implementations (`"auto"`, `"blockwise"`...),
+    or `"nowindow"`: ours ("auto") without the sliding window."""
     if name == "keras":
-        return keras.layers.MultiHeadAttention(heads, width // heads)
+        return keras.layers.MultiHeadAttention(
+            heads, width // heads, sliding_window=window
+        )
+    if name == "nowindow":
+        name, window = "auto", None
     return keras_selfattn.MultiHeadAttention(
-        heads, width // heads, implementation=name
+        heads, width // heads, implementation=name, sliding_window=window
     )
 
 
@@ -151,7 +162,7 @@ def time_layers(names, length, options):
     steps = {}
     for name in names:
         keras.utils.set_random_seed(0)
-        layer = build_layer(name, options.width, options.heads)
+        layer = build_layer(name, options.width, options.heads, options.window)
         steps[name] = make_step(layer, inputs, mask)
         steps[name]()  # warm-up: compilation excluded
     times = {name: [] for name in names}
@@ -180,7 +191,7 @@ def peak_rss_mb(name, length, options):
         str(options.heads),
         "--mask",
         options.mask,
-    ]
+    ] + ([] if options.window is None else ["--window", str(options.window)])
     result = subprocess.run(
         command, capture_output=True, text=True, env=os.environ.copy()
     )
@@ -196,7 +207,7 @@ def run_one(name, length, options):
         (options.batch, length, options.width), dtype=np.float32
     )
     step = make_step(
-        build_layer(name, options.width, options.heads),
+        build_layer(name, options.width, options.heads, options.window),
         inputs,
         padding_mask(options.batch, length, options.mask),
     )
@@ -229,18 +240,25 @@ def main():
         default="padding",
         help="the padding mask as (B, 1, S) or broadcast to (B, T, S)",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="sliding_window for both layers; adds ours without it",
+    )
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.one:
         return run_one(options.one, options.lengths[0], options)
 
-    names = ["keras"] + options.ours
+    ours = options.ours + ([] if options.window is None else ["nowindow"])
+    names = ["keras"] + ours
     backend = keras.backend.backend()
+    window = "" if options.window is None else f", window {options.window}"
     print(
         f"backend {backend} ({'eager' if backend == 'torch' else 'XLA'}); "
         f"batch {options.batch}, width {options.width}, {options.heads} "
-        f"heads, {options.mask} mask; forward + backward"
+        f"heads, {options.mask} mask{window}; forward + backward"
     )
     if options.memory:
         print(f"{'length':>6} " + " ".join(f"{n + ' MB':>14}" for n in names))
@@ -251,7 +269,7 @@ def main():
         return
     print(f"float32 matmul: {matmul_rate():.0f} GFLOP/s")
     header = f"{'length':>6} {'keras s':>8} {'GF/s':>5}"
-    for name in options.ours:
+    for name in ours:
         header += f" {name + ' s':>12} {'GF/s':>5} {'ratio':>5}"
     print(header + f"   (median of {options.repeats}; ratio = ours/keras)")
     for length in options.lengths:
@@ -260,7 +278,7 @@ def main():
         row = (
             f"{length:>6} {times['keras']:>8.3f} {flops / times['keras']:>5.0f}"
         )
-        for name in options.ours:
+        for name in ours:
             row += (
                 f" {times[name]:>12.3f} {flops / times[name]:>5.0f}"
                 f" {times[name] / times['keras']:>5.2f}"

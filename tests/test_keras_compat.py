@@ -369,7 +369,7 @@ def saving_model():
     grouped = ksa.GroupedQueryAttention(3, 4, 2, **gated)(query, query)
     # Positions and caps (tests/test_positions.py checks their values).
     encoder = ksa.TransformerEncoder(
-        2,
+        3,
         8,
         num_key_value_heads=1,
         sliding_window=4,
@@ -387,7 +387,7 @@ def saving_model():
     )
     for variable in model.weights:  # a table that is not all zeros
         if "relative_position_bias" in variable.path:
-            variable.assign(rand(np.random.default_rng(4), 8, 2))
+            variable.assign(rand(np.random.default_rng(4), 8, 3))
     return model
 
 

@@ -30,8 +30,9 @@ class AlibiBias(keras.layers.Layer):
     Example:
 
     >>> import numpy as np
+    >>> from keras import ops
     >>> scores = np.zeros((1, 2, 3, 3), "float32")
-    >>> AlibiBias()(scores)[0, 1, 0].tolist()
+    >>> ops.convert_to_numpy(AlibiBias()(scores))[0, 0, 0].tolist()
     [-0.125, -0.0625, 0.0]
 
     References:

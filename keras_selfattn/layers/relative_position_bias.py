@@ -30,15 +30,17 @@ class RelativePositionBias(keras.layers.Layer):
         **kwargs: base layer arguments (`name`, `dtype`...).
 
     Call arguments:
-        query_length, key_length: ints (or int scalars).
+        query: `(B, T, ...)`, the queries (only their length is read).
+        key: `(B, S, ...)`, the keys; defaults to `query`.
 
     Returns:
-        The bias `(1, num_heads, query_length, key_length)`.
+        The bias `(1, num_heads, T, S)`.
 
     Example:
 
+    >>> import numpy as np
     >>> layer = RelativePositionBias(num_heads=2)
-    >>> tuple(layer(5, 7).shape)
+    >>> tuple(layer(np.ones((3, 5, 8)), np.ones((3, 7, 8))).shape)
     (1, 2, 5, 7)
 
     References:
@@ -96,12 +98,16 @@ class RelativePositionBias(keras.layers.Layer):
             self.bidirectional,
         )
 
-    def call(self, query_length, key_length):
-        bias = self.position_bias().full(query_length, key_length)
+    def call(self, query, key=None):
+        key = query if key is None else key
+        bias = self.position_bias().full(
+            ops.shape(query)[1], ops.shape(key)[1]
+        )
         return ops.cast(bias[None], self.compute_dtype)
 
-    def compute_output_shape(self, query_length, key_length):
-        return (1, self.num_heads, query_length, key_length)
+    def compute_output_shape(self, query_shape, key_shape=None):
+        key_shape = query_shape if key_shape is None else key_shape
+        return (1, self.num_heads, query_shape[1], key_shape[1])
 
     def get_config(self):
         config = super().get_config()
