@@ -39,9 +39,9 @@ from keras_selfattn.ops.masks import MASKED_LOGIT, merge_masks
 
 # Finite float32 maximum: an empty row's log-sum-exp never makes inf - inf.
 _EMPTY_ROW_LSE = float(3.4028234663852886e38)
-# Query rows per block when a causal mask or a window bounds the keys.
-# Measured (forward + backward, batch 1, 4 heads, width 256): 256 beats
-# 128 and 512 on JAX and TensorFlow at 16k tokens with a window of 256.
+# Query rows per block when a causal mask or a window bounds the keys: a
+# query block and its band of key blocks make one tile loop. Not tuned yet
+# (a window w costs about (256 + 2w) keys per query row).
 QUERY_BLOCK_SIZE = 256
 
 
