@@ -11,6 +11,7 @@ from keras_selfattn._validation import (
 )
 from keras_selfattn.ops import (
     attention_core,
+    check_bias,
     check_dtype,
     check_implementation,
     check_float_input,
@@ -60,6 +61,31 @@ def set_attention_options(
 
 
 POSITION_BIASES = (None, "alibi", "relative")
+
+
+def check_layer_attention_bias(bias, query, value, num_heads):
+    """Raise unless `bias` (or None) is a float `(T, S)`, `(B, T, S)` or
+    `(B, heads, T, S)` tensor for 3-D `query`/`value` inputs."""
+    if bias is None:
+        return
+    if len(query.shape) != 3:
+        raise ValueError(
+            "`attention_bias` needs 3-D inputs (batch, length, width). "
+            f"Received: query.shape={tuple(query.shape)}"
+        )
+    batch, length, key_length = query.shape[0], query.shape[1], value.shape[1]
+    expected = {
+        2: (length, key_length),
+        3: (batch, length, key_length),
+        4: (batch, num_heads, length, key_length),
+    }.get(len(bias.shape))
+    if expected is None:
+        raise ValueError(
+            "`attention_bias` must have shape (T, S), (B, T, S) or "
+            f"(B, heads, T, S). Received: attention_bias.shape="
+            f"{tuple(bias.shape)}"
+        )
+    check_bias("attention_bias", bias, expected)
 
 
 def check_position_options(

@@ -10,6 +10,7 @@ from keras_selfattn.layers._attention_axes import (
 )
 from keras_selfattn.layers._common import (
     attend,
+    check_layer_attention_bias,
     check_position_options,
     clone_initializer,
     initializers_config,
@@ -22,7 +23,6 @@ from keras_selfattn.layers.relative_position_bias import (
 from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
 from keras_selfattn.ops import (
     alibi_bias,
-    check_bias,
     check_float_input,
     check_implementation,
     check_mask,
@@ -364,7 +364,9 @@ class MultiHeadAttention(keras.layers.Layer):
                 self.flash_attention,
                 self.logit_soft_cap,
             )
-            self._check_attention_bias(attention_bias, query, value)
+            check_layer_attention_bias(
+                attention_bias, query, value, self.num_heads
+            )
         if self_attention:
             query_mask = merge_masks(query_mask, mask)
             value_mask = merge_masks(value_mask, query_mask)
@@ -380,34 +382,6 @@ class MultiHeadAttention(keras.layers.Layer):
             training=training,
             attention_bias=attention_bias,
         )
-
-    def _check_attention_bias(self, bias, query, value):
-        """Raise unless `bias` (or None) is a float `(T, S)`, `(B, T, S)` or
-        `(B, heads, T, S)` tensor for 3-D inputs."""
-        if bias is None:
-            return
-        if len(query.shape) != 3:
-            raise ValueError(
-                "`attention_bias` needs 3-D inputs (batch, length, width). "
-                f"Received: query.shape={tuple(query.shape)}"
-            )
-        batch, length, key_length = (
-            query.shape[0],
-            query.shape[1],
-            value.shape[1],
-        )
-        expected = {
-            2: (length, key_length),
-            3: (batch, length, key_length),
-            4: (batch, self.num_heads, length, key_length),
-        }.get(len(bias.shape))
-        if expected is None:
-            raise ValueError(
-                "`attention_bias` must have shape (T, S), (B, T, S) or "
-                f"(B, heads, T, S). Received: attention_bias.shape="
-                f"{tuple(bias.shape)}"
-            )
-        check_bias("attention_bias", bias, expected)
 
     def _check_inputs(self, query, value, key):
         for name, tensor in (("query", query), ("value", value), ("key", key)):

@@ -100,9 +100,7 @@ class RelativePositionBias(keras.layers.Layer):
 
     def call(self, query, key=None):
         key = query if key is None else key
-        bias = self.position_bias().full(
-            ops.shape(query)[1], ops.shape(key)[1]
-        )
+        bias = self.position_bias().full(ops.shape(query)[1], ops.shape(key)[1])
         return ops.cast(bias[None], self.compute_dtype)
 
     def compute_output_shape(self, query_shape, key_shape=None):

@@ -8,6 +8,7 @@ from keras_selfattn._validation import (
     check_rate,
 )
 from keras_selfattn.layers._common import (
+    check_layer_attention_bias,
     check_position_options,
     check_self_attention_call,
     clone_initializer,
@@ -237,8 +238,8 @@ class TransformerEncoder(keras.layers.Layer):
             None,
             self.logit_soft_cap,
         )
-        self.self_attention._check_attention_bias(
-            attention_bias, inputs, inputs
+        check_layer_attention_bias(
+            attention_bias, inputs, inputs, self.num_heads
         )
 
         residual = inputs

@@ -28,6 +28,8 @@ the kernel below it is float32 and heads-first: query `(B, H, T, D)`, key
 block sizes.
 """
 
+import functools
+
 from keras import ops
 
 from keras_selfattn.ops.einsum import (
@@ -82,12 +84,12 @@ def blockwise_attention(
         dynamic_keys = False
         block_size = min(block_size, key_length)
     banded = is_causal or sliding_window is not None
+    query_block = QUERY_BLOCK_SIZE if banded else None
     if query_length is None:
         query_length = ops.shape(query)[1]
-        query_block = QUERY_BLOCK_SIZE if banded else query_length
-    else:
-        query_block = min(QUERY_BLOCK_SIZE, query_length) if banded else None
-        query_block = query_block or query_length
+    elif banded:
+        query_block = min(QUERY_BLOCK_SIZE, query_length)
+    query_block = query_block or query_length
     key_padding = (-key_length) % block_size
     query_padding = (-query_length) % query_block
     groups = query.shape[2] // key.shape[2]
@@ -175,13 +177,16 @@ class _Tiling:
         self.num_blocks = num_blocks
         self.position_bias = position_bias
         self.logit_soft_cap = logit_soft_cap
-        self.mask_keys_major = None
-        if mask is not None:
-            self.mask_keys_major = ops.swapaxes(mask, -1, -2)
         self.masks_anything = (
             mask is not None or is_causal or sliding_window is not None
         ) or pads_keys
         self.visible = self._visible_blocks() if self.masks_anything else None
+
+    @functools.cached_property
+    def mask_keys_major(self):
+        """The mask transposed once, for the backward's tiles (built only
+        when a backward pass runs)."""
+        return ops.swapaxes(self.mask, -1, -2)
 
     @property
     def one_query_block(self):

@@ -122,11 +122,12 @@ class PositionBias:
 
     `tile(rows, cols, key_length)` gives the float32 bias of the logits at
     query positions `rows` and key positions `cols` (int32 tensors that
-    broadcast against each other, e.g. `(t, 1)` and `(1, s)`), shaped
-    `(heads, *broadcast shape)`. `parameters` are the tensors it learns
-    (possibly none); `gradients(rows, cols, key_length, grad_tile)` gives
-    theirs from the gradient of a `(B, heads, ...)` tile of logits, for the
-    blockwise path's custom gradient.
+    broadcast against each other, e.g. `(t, 1)` and `(1, s)`),
+    broadcastable to `(heads, *their broadcast shape)`. `parameters` are
+    the tensors it learns (possibly none); `gradients(rows, cols,
+    key_length, grad_tile)` gives theirs from the gradient of a
+    `(B, heads, ...)` tile of logits, for the blockwise path's custom
+    gradient.
 
     Build one with `alibi_bias` or `relative_position_bias`.
     """
@@ -144,7 +145,8 @@ class PositionBias:
         return self._tile(rows, cols, key_length, *parameters)
 
     def full(self, query_length, key_length):
-        """The whole `(heads, T, S)` bias (for the paths without tiles)."""
+        """The whole bias, broadcastable to `(heads, T, S)` (for the paths
+        without tiles)."""
         rows = ops.arange(query_length, dtype="int32")[:, None]
         cols = ops.arange(key_length, dtype="int32")[None, :]
         return self.tile(rows, cols, key_length)
@@ -173,8 +175,8 @@ def alibi_bias(num_heads, alibi_bias_max=8):
     slopes = alibi_slopes(num_heads, alibi_bias_max)
 
     def tile(rows, cols, key_length):
+        # Depends on the key only: broadcast over the rows, not built.
         distance = ops.cast(cols - (key_length - 1), POSITION_DTYPE)
-        distance = distance + ops.zeros_like(rows, POSITION_DTYPE)
         slope = ops.convert_to_tensor(slopes, POSITION_DTYPE)
         return ops.reshape(slope, (-1,) + (1,) * len(distance.shape)) * distance
 
