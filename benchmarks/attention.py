@@ -22,7 +22,10 @@ Local attention: `--window W` gives both layers `sliding_window=W` and adds
 `nowindow`, ours without the window, for scale:
 
     KERAS_BACKEND=$b python benchmarks/attention.py --window 256 \\
-        --batch 1 --lengths 4096 16384 --repeats 3
+        --batch 1 --lengths 4096 16384 65536 --full-up-to 16384 --repeats 3
+
+`--full-up-to N` leaves out, above N tokens, the two layers whose cost is
+L^2: keras' layer (it holds the `(B, H, L, L)` scores) and `nowindow`.
 """
 
 import argparse
@@ -245,6 +248,12 @@ def main():
         type=int,
         help="sliding_window for both layers; adds ours without it",
     )
+    parser.add_argument(
+        "--full-up-to",
+        type=int,
+        help="above this length, skip keras' layer (its (B, H, L, L) "
+        "scores) and nowindow (L^2 time)",
+    )
     parser.add_argument("--memory", action="store_true")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -260,10 +269,21 @@ def main():
         f"batch {options.batch}, width {options.width}, {options.heads} "
         f"heads, {options.mask} mask{window}; forward + backward"
     )
+
+    def layers_at(length):
+        if options.full_up_to is None or length <= options.full_up_to:
+            return names
+        return [name for name in names if name not in ("keras", "nowindow")]
+
     if options.memory:
         print(f"{'length':>6} " + " ".join(f"{n + ' MB':>14}" for n in names))
         for length in options.lengths:
-            rss = [peak_rss_mb(name, length, options) for name in names]
+            rss = [
+                peak_rss_mb(name, length, options)
+                if name in layers_at(length)
+                else "-"
+                for name in names
+            ]
             cells = [m if isinstance(m, str) else f"{m:.0f}" for m in rss]
             print(f"{length:>6} " + " ".join(f"{c:>14}" for c in cells))
         return
@@ -273,16 +293,19 @@ def main():
         header += f" {name + ' s':>12} {'GF/s':>5} {'ratio':>5}"
     print(header + f"   (median of {options.repeats}; ratio = ours/keras)")
     for length in options.lengths:
-        times = time_layers(names, length, options)
+        times = time_layers(layers_at(length), length, options)
         flops = step_flops(options.batch, length, options.width) / 1e9
-        row = (
-            f"{length:>6} {times['keras']:>8.3f} {flops / times['keras']:>5.0f}"
-        )
-        for name in ours:
-            row += (
-                f" {times[name]:>12.3f} {flops / times[name]:>5.0f}"
-                f" {times[name] / times['keras']:>5.2f}"
-            )
+        row = f"{length:>6}"
+        for name in names:
+            if name not in times:
+                row += f" {'-':>{8 if name == 'keras' else 12}} {'-':>5}"
+                row += "" if name == "keras" else f" {'-':>5}"
+                continue
+            width = 8 if name == "keras" else 12
+            row += f" {times[name]:>{width}.3f} {flops / times[name]:>5.0f}"
+            if name != "keras":
+                ratio = times[name] / times["keras"] if "keras" in times else None
+                row += f" {'-' if ratio is None else f'{ratio:.2f}':>5}"
         print(row, flush=True)
 
 

@@ -129,6 +129,16 @@ def test_auto_choice_on_this_backend():
         assert choose_implementation("auto", length, False) == implementation
     for implementation in PATHS:
         assert choose_implementation(implementation, 8, False) == implementation
+    # A window leaves the fused kernel once the band is sparse; biases and
+    # caps always do.
+    narrow = dict(sliding_window=256)
+    dense_band = "fused" if BACKEND == "torch" else "blockwise"
+    assert choose_implementation("auto", 2048, False, **narrow) == dense_band
+    for length in (4096, None):
+        choice = choose_implementation("auto", length, False, **narrow)
+        assert choice == "blockwise"
+    tiled = choose_implementation("auto", long, False, tiled_features=True)
+    assert tiled == "blockwise"
 
 
 @pytest.mark.parametrize("implementation", ["fused", "blockwise"])

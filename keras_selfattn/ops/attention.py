@@ -59,6 +59,11 @@ IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
 BLOCK_SIZE = 128
 # "auto" on a CPU with JAX/TensorFlow: blockwise from this key length up.
 BLOCKWISE_MIN_LENGTH = 256
+# "auto" with a backend's fused kernel and a sliding window: blockwise (its
+# band) from this many windows of keys up, the fused kernel's dense mask
+# below. Measured on torch, window 256, forward + backward, fused vs
+# blockwise: 0.147 vs 0.192 s at 2048 keys, 0.679 vs 0.363 s at 4096.
+SPARSE_BAND_WINDOWS = 12
 
 
 def scaled_dot_product_attention(
@@ -216,10 +221,9 @@ def attention_core(
         key_length=key.shape[1],
         needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
         flash_attention=flash_attention,
+        sliding_window=sliding_window,
         tiled_features=(
-            sliding_window is not None
-            or position_bias is not None
-            or logit_soft_cap is not None
+            position_bias is not None or logit_soft_cap is not None
         ),
     )
     if mask is not None:
@@ -340,6 +344,7 @@ def choose_implementation(
     key_length,
     needs_probabilities,
     flash_attention=None,
+    sliding_window=None,
     tiled_features=False,
 ):
     """The attention implementation to run: `implementation` unless "auto".
@@ -348,8 +353,10 @@ def choose_implementation(
     `"fused"` when `flash_attention=True`;
     `"einsum"` when dropout or the probabilities are needed; otherwise
     `"fused"` on torch (its fused kernel) and on JAX with a GPU/TPU (cuDNN
-    flash attention), unless `tiled_features` (a sliding window, a position
-    bias or a soft cap, which the blockwise path computes tile by tile);
+    flash attention), unless `tiled_features` (a position bias or a soft
+    cap, which the blockwise path computes tile by tile) or a
+    `sliding_window` with `SPARSE_BAND_WINDOWS` windows of keys or more
+    (the blockwise path then visits only the band);
     otherwise `"blockwise"` from `BLOCKWISE_MIN_LENGTH` keys up, or when
     the length is unknown, and `"einsum"` below.
 
@@ -366,6 +373,7 @@ def choose_implementation(
         key_length,
         needs_probabilities,
         flash_attention,
+        sliding_window,
         tiled_features,
     )
 
@@ -375,6 +383,7 @@ def _resolve_implementation(
     key_length,
     needs_probabilities,
     flash_attention=None,
+    sliding_window=None,
     tiled_features=False,
 ):
     """`choose_implementation` for checked arguments."""
@@ -388,7 +397,10 @@ def _resolve_implementation(
     fused_kernel = backend == "torch" or (
         backend == "jax" and _accelerator() != "cpu"
     )
-    if fused_kernel and not tiled_features:
+    sparse_band = sliding_window is not None and (
+        key_length is None or key_length >= SPARSE_BAND_WINDOWS * sliding_window
+    )
+    if fused_kernel and not (tiled_features or sparse_band):
         return "fused"
     if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
         return "blockwise"
