@@ -304,7 +304,9 @@ def main():
             width = 8 if name == "keras" else 12
             row += f" {times[name]:>{width}.3f} {flops / times[name]:>5.0f}"
             if name != "keras":
-                ratio = times[name] / times["keras"] if "keras" in times else None
+                ratio = (
+                    times[name] / times["keras"] if "keras" in times else None
+                )
                 row += f" {'-' if ratio is None else f'{ratio:.2f}':>5}"
         print(row, flush=True)
 
