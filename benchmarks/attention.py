@@ -278,10 +278,9 @@ def main():
     if options.memory:
         print(f"{'length':>6} " + " ".join(f"{n + ' MB':>14}" for n in names))
         for length in options.lengths:
+            measured = layers_at(length)
             rss = [
-                peak_rss_mb(name, length, options)
-                if name in layers_at(length)
-                else "-"
+                peak_rss_mb(name, length, options) if name in measured else "-"
                 for name in names
             ]
             cells = [m if isinstance(m, str) else f"{m:.0f}" for m in rss]
@@ -297,17 +296,15 @@ def main():
         flops = step_flops(options.batch, length, options.width) / 1e9
         row = f"{length:>6}"
         for name in names:
-            if name not in times:
-                row += f" {'-':>{8 if name == 'keras' else 12}} {'-':>5}"
-                row += "" if name == "keras" else f" {'-':>5}"
-                continue
-            width = 8 if name == "keras" else 12
-            row += f" {times[name]:>{width}.3f} {flops / times[name]:>5.0f}"
+            seconds = times.get(name)
+            cells = ["-", "-"]
+            if seconds is not None:
+                cells = [f"{seconds:.3f}", f"{flops / seconds:.0f}"]
             if name != "keras":
-                ratio = (
-                    times[name] / times["keras"] if "keras" in times else None
-                )
-                row += f" {'-' if ratio is None else f'{ratio:.2f}':>5}"
+                base = None if seconds is None else times.get("keras")
+                cells.append("-" if base is None else f"{seconds / base:.2f}")
+            widths = (8 if name == "keras" else 12, 5, 5)
+            row += "".join(f" {cell:>{w}}" for cell, w in zip(cells, widths))
         print(row, flush=True)
 
 
