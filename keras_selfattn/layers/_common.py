@@ -155,6 +155,51 @@ def attend(
     )
 
 
+def record_quantized_sublayers(layer, config):
+    """Set `config["dtype"]` to a `DTypePolicyMap` of the policies of the
+    sublayers `model.quantize()` quantized, by path (keras' pattern for
+    composite layers), if any; return `config`.
+
+    A loaded layer's `build()` then gives each sublayer
+    `dtype=sublayer_dtype(self, name)`, which builds quantized variables.
+    Entries of a map the layer already had are kept.
+    """
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        policy_map = {path: policy[path] for path in policy}
+        default = policy.default_policy
+    else:
+        policy_map, default = {}, policy
+    for sublayer in layer._flatten_layers(include_self=False):
+        if sublayer.quantization_mode is None or sublayer.path in policy_map:
+            continue
+        own = sublayer.dtype_policy
+        if isinstance(own, keras.dtype_policies.DTypePolicyMap):
+            own = own[sublayer.path]
+        policy_map[sublayer.path] = own
+    if policy_map:
+        config["dtype"] = keras.dtype_policies.serialize(
+            keras.dtype_policies.DTypePolicyMap(default, policy_map)
+        )
+    return config
+
+
+def sublayer_dtype(layer, name):
+    """The `dtype` for the sublayer `name` that `layer.build()` creates:
+    the quantized policy a `DTypePolicyMap` of `layer` holds for its path
+    (see `record_quantized_sublayers`), else `layer.dtype_policy`.
+
+    A quantized sublayer gets its own policy, not the map: keras 3.15's
+    Dense cannot save its int8/int4 variables under a map.
+    """
+    policy = layer.dtype_policy
+    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+        own = policy[f"{layer.path}/{name}"]
+        if own.quantization_mode is not None:
+            return own
+    return policy
+
+
 def initializers_config(layer):
     """The `kernel_initializer`/`bias_initializer` entries of a config."""
     return {

@@ -14,6 +14,8 @@ from keras_selfattn.layers._common import (
     check_position_options,
     clone_initializer,
     initializers_config,
+    record_quantized_sublayers,
+    sublayer_dtype,
     set_attention_options,
     zero_masked_rows,
 )
@@ -243,7 +245,7 @@ class MultiHeadAttention(keras.layers.Layer):
             activity_regularizer=self.projection_activity_regularizer,
             kernel_constraint=self.kernel_constraint,
             bias_constraint=self.bias_constraint,
-            dtype=self.dtype_policy,
+            dtype=sublayer_dtype(self, name),
             **kw,
         )
         # Inputs may carry Keras masks; the projection passes them through
@@ -540,7 +542,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
-        config = super().get_config()
+        config = record_quantized_sublayers(self, super().get_config())
         config.update(
             {
                 "num_heads": self.num_heads,

@@ -9,6 +9,8 @@ from keras_selfattn.layers._common import (
     check_self_attention_call,
     clone_initializer,
     initializers_config,
+    record_quantized_sublayers,
+    sublayer_dtype,
     set_attention_options,
 )
 from keras_selfattn.ops import check_implementation
@@ -102,7 +104,7 @@ class SelfAttention(keras.layers.Layer):
                 use_bias=self.use_bias,
                 kernel_initializer=clone_initializer(self.kernel_initializer),
                 bias_initializer=clone_initializer(self.bias_initializer),
-                dtype=self.dtype_policy,
+                dtype=sublayer_dtype(self, name),
                 name=name,
             )
             dense.build(inputs_shape)
@@ -171,7 +173,7 @@ class SelfAttention(keras.layers.Layer):
         )
 
     def get_config(self):
-        config = super().get_config()
+        config = record_quantized_sublayers(self, super().get_config())
         config.update(
             {
                 "use_projections": self.use_projections,

@@ -8,7 +8,12 @@ from keras_selfattn._validation import (
     check_positive_float,
     check_positive_int,
 )
-from keras_selfattn.layers._common import check_int_input, clone_initializer
+from keras_selfattn.layers._common import (
+    check_int_input,
+    clone_initializer,
+    record_quantized_sublayers,
+    sublayer_dtype,
+)
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     sinusoidal_positions,
 )
@@ -92,7 +97,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
             embeddings_initializer=clone_initializer(
                 self.embeddings_initializer
             ),
-            dtype=self.dtype_policy,
+            dtype=sublayer_dtype(self, "token_embedding"),
             name="token_embedding",
         )
         self.token_embedding.build(inputs_shape)
@@ -139,7 +144,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         return tuple(inputs_shape) + (self.embedding_dim,)
 
     def get_config(self):
-        config = super().get_config()
+        config = record_quantized_sublayers(self, super().get_config())
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,

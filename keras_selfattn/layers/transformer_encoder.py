@@ -13,6 +13,8 @@ from keras_selfattn.layers._common import (
     check_self_attention_call,
     clone_initializer,
     initializers_config,
+    record_quantized_sublayers,
+    sublayer_dtype,
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
 from keras_selfattn.ops import check_implementation
@@ -155,7 +157,7 @@ class TransformerEncoder(keras.layers.Layer):
             activation=activation,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
-            dtype=self.dtype_policy,
+            dtype=sublayer_dtype(self, name),
             name=name,
         )
 
@@ -294,7 +296,7 @@ class TransformerEncoder(keras.layers.Layer):
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
-        config = super().get_config()
+        config = record_quantized_sublayers(self, super().get_config())
         config.update(
             {
                 "num_heads": self.num_heads,
