@@ -28,8 +28,6 @@ the kernel below it is float32 and heads-first: query `(B, H, T, D)`, key
 block sizes.
 """
 
-import functools
-
 import keras
 from keras import ops
 
@@ -167,6 +165,7 @@ class _Tiling:
         logit_soft_cap,
     ):
         self.mask = mask  # keys last
+        self.mask_keys_major = None  # see prepare_backward
         self.query_length = query_length
         self.key_length = key_length
         self.pads_keys = pads_keys
@@ -183,11 +182,15 @@ class _Tiling:
         ) or pads_keys
         self.visible = self._visible_blocks() if self.masks_anything else None
 
-    @functools.cached_property
-    def mask_keys_major(self):
-        """The mask transposed once, for the backward's tiles (built only
-        when a backward pass runs)."""
-        return ops.swapaxes(self.mask, -1, -2)
+    def prepare_backward(self):
+        """Transpose the mask once for the backward's keys-major tiles.
+
+        Called by the backward before its loops, and only when a backward
+        runs: built lazily inside a loop body, a graph (TensorFlow) would
+        transpose the whole mask again on every iteration.
+        """
+        if self.mask is not None and self.mask_keys_major is None:
+            self.mask_keys_major = ops.swapaxes(self.mask, -1, -2)
 
     @property
     def one_query_block(self):
@@ -529,6 +532,7 @@ def _backward(saved, upstream, tiling):
     """
     query, key, value, bias, parameters, output, log_sum_exp = saved
     block_size, query_block = tiling.block_size, tiling.query_block
+    tiling.prepare_backward()
     position_bias = tiling.position_bias
     upstream = ops.cast(upstream, "float32")
     # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
