@@ -57,3 +57,21 @@ def check_positive_float(name, value, allow_none=False):
             f"`{name}` must be a positive number. Received: {name}={value!r}"
         )
     return float(value)
+
+
+def static_shape(tensor):
+    """`tensor.shape` with every size not known as an int replaced by None.
+
+    A size is unknown while tracing with a dynamic length (None), and under
+    shape-polymorphic export (JAX's symbolic sizes, which Python cannot
+    compare with numbers); code that needs such a size at run time takes
+    it from `keras.ops.shape`.
+
+    >>> import numpy as np
+    >>> static_shape(np.zeros((2, 3)))
+    (2, 3)
+    """
+    return tuple(
+        int(size) if isinstance(size, numbers.Integral) else None
+        for size in tensor.shape
+    )

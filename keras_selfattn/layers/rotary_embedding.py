@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_float
-from keras_selfattn.ops import apply_rotary, rotary_cos_sin
+from keras_selfattn.ops import apply_rotary, index_range, rotary_cos_sin
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -104,7 +104,7 @@ class RotaryEmbedding(keras.layers.Layer):
             )
         inputs = ops.moveaxis(inputs, (sequence, feature), (1, -1))
         if positions is None:
-            positions = ops.arange(ops.shape(inputs)[1], dtype="float32")
+            positions = index_range(ops.shape(inputs)[1], "float32")
             positions = positions + ops.cast(start_index, "float32")
         cos, sin = rotary_cos_sin(
             positions,

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_float
+from keras_selfattn.ops import index_range
 
 
 def sinusoidal_positions(
@@ -21,8 +22,8 @@ def sinusoidal_positions(
     >>> p.shape, round(float(p[1, 0]), 4), float(p[0, 1])
     ((3, 4), 0.8415, 1.0)
     """
-    positions = ops.arange(length, dtype="float32")
-    dims = ops.arange(width, dtype="float32")
+    positions = index_range(length, "float32")
+    dims = ops.arange(0, width, dtype="float32")
     even_dims = dims - ops.mod(dims, 2.0)
     inverse_wavelengths = ops.power(
         float(max_wavelength), -even_dims / float(width)

@@ -7,6 +7,7 @@ from keras_selfattn._validation import (
     check_choice,
     check_positive_float,
     check_positive_int,
+    static_shape,
 )
 from keras_selfattn.layers._common import (
     check_int_input,
@@ -14,6 +15,7 @@ from keras_selfattn.layers._common import (
     record_quantized_sublayers,
     sublayer_dtype,
 )
+from keras_selfattn.ops import index_range
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     sinusoidal_positions,
 )
@@ -110,7 +112,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
 
     def call(self, inputs):
         check_int_input("inputs", inputs)
-        length = inputs.shape[1]
+        length = static_shape(inputs)[1]
         if length is not None and length > self.sequence_length:
             raise ValueError(
                 f"`inputs` has length {length}, longer than `sequence_length`"
@@ -120,10 +122,13 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         tokens = self.token_embedding(inputs)
         length = ops.shape(inputs)[1]
         if self.position_encoding == "learned":
-            positions = ops.slice(
-                ops.convert_to_tensor(self.position_embeddings),
-                (0, 0),
-                (length, self.embedding_dim),
+            # A gather, not a slice: a slice of a size known only at run
+            # time fails shape-polymorphic export (JAX cannot prove it
+            # fits the table).
+            positions = ops.take(
+                self.position_embeddings,
+                index_range(length),
+                axis=0,
             )
             positions = ops.cast(positions, self.compute_dtype)
         else:

@@ -24,6 +24,7 @@ from keras_selfattn.ops.checks import (
 )
 from keras_selfattn.ops.masks import (
     causal_mask,
+    index_range,
     merge_masks,
     padding_to_attention_mask,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "check_implementation",
     "check_mask",
     "choose_implementation",
+    "index_range",
     "merge_masks",
     "padding_to_attention_mask",
     "relative_position_bias",

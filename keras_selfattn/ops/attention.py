@@ -40,6 +40,7 @@ from keras_selfattn._validation import (
     check_positive_float,
     check_positive_int,
     check_rate,
+    static_shape,
 )
 from keras_selfattn.ops.blockwise import blockwise_attention
 from keras_selfattn.ops.checks import (
@@ -218,7 +219,7 @@ def attention_core(
         scale = 1.0 / math.sqrt(query.shape[-1])
     implementation = _resolve_implementation(
         implementation,
-        key_length=key.shape[1],
+        key_length=static_shape(key)[1],
         needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
         flash_attention=flash_attention,
         sliding_window=sliding_window,
@@ -358,7 +359,8 @@ def choose_implementation(
     `sliding_window` with `SPARSE_BAND_WINDOWS` windows of keys or more
     (the blockwise path then visits only the band);
     otherwise `"blockwise"` from `BLOCKWISE_MIN_LENGTH` keys up, or when
-    the length is unknown, and `"einsum"` below.
+    the length is unknown (on JAX only shape-polymorphic export leaves it
+    unknown, and its converters need `"einsum"`), and `"einsum"` below.
 
     Example:
 
@@ -402,6 +404,11 @@ def _resolve_implementation(
     )
     if fused_kernel and not (tiled_features or sparse_band):
         return "fused"
+    if key_length is None and backend == "jax":
+        # Only shape-polymorphic export leaves a JAX length unknown, and
+        # its converters take no loop with a custom gradient (see
+        # README, "Deploy").
+        return "einsum"
     if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
         return "blockwise"
     return "einsum"

@@ -31,12 +31,13 @@ block sizes.
 import keras
 from keras import ops
 
+from keras_selfattn._validation import static_shape
 from keras_selfattn.ops.einsum import (
     SOFTMAX_DTYPE,
     cap_logits,
     einsum_attention,
 )
-from keras_selfattn.ops.masks import MASKED_LOGIT, merge_masks
+from keras_selfattn.ops.masks import MASKED_LOGIT, index_range, merge_masks
 
 # Finite float32 maximum: an empty row's log-sum-exp never makes inf - inf.
 _EMPTY_ROW_LSE = float(3.4028234663852886e38)
@@ -70,7 +71,7 @@ def blockwise_attention(
     to whole query blocks, the padding masked; a length known only at run
     time is padded in-graph.
     """
-    query_length, key_length = query.shape[1], key.shape[1]
+    query_length, key_length = static_shape(query)[1], static_shape(key)[1]
     if key_length is None:
         key_length = ops.shape(key)[1]
         if key_length is None:  # symbolic inputs: only the output spec
@@ -82,15 +83,18 @@ def blockwise_attention(
     else:
         dynamic_keys = False
         block_size = min(block_size, key_length)
-    banded = is_causal or sliding_window is not None
-    query_block = QUERY_BLOCK_SIZE if banded else None
     if query_length is None:
         query_length = ops.shape(query)[1]
-    elif banded:
-        query_block = min(QUERY_BLOCK_SIZE, query_length)
-    query_block = query_block or query_length
-    key_padding = (-key_length) % block_size
-    query_padding = (-query_length) % query_block
+    if not (is_causal or sliding_window is not None):
+        # One block of all the query rows: no loop over query blocks.
+        query_block, query_padding, num_query_blocks = query_length, 0, 1
+    else:
+        query_block = QUERY_BLOCK_SIZE
+        if isinstance(query_length, int):
+            query_block = min(QUERY_BLOCK_SIZE, query_length)
+        query_padding = _padding(query_length, query_block)
+        num_query_blocks = None  # counted once padded
+    key_padding = _padding(key_length, block_size)
     groups = query.shape[2] // key.shape[2]
     dtype = value.dtype
     query = ops.cast(query, SOFTMAX_DTYPE) * ops.cast(scale, SOFTMAX_DTYPE)
@@ -113,7 +117,7 @@ def blockwise_attention(
         sliding_window=sliding_window,
         query_block=query_block,
         block_size=block_size,
-        num_query_blocks=_num_blocks(query, query_block),
+        num_query_blocks=num_query_blocks or _num_blocks(query, query_block),
         num_blocks=_num_blocks(key, block_size),
         position_bias=position_bias,
         logit_soft_cap=logit_soft_cap,
@@ -122,6 +126,15 @@ def blockwise_attention(
     if not (isinstance(query_padding, int) and query_padding == 0):
         output = output[:, :, :query_length]
     return ops.cast(ops.swapaxes(output, 1, 2), dtype)
+
+
+def _padding(length, multiple):
+    """What `length` (an int or a scalar tensor) lacks to a multiple of
+    `multiple`. Written so that exported graphs keep it right: no
+    remainder of a negative number (ONNX divides integers towards zero),
+    and a padded length that JAX's symbolic shapes can prove holds a
+    whole block."""
+    return (length + multiple - 1) // multiple * multiple - length
 
 
 def _pad_tiles_source(tensor, query_padding, key_padding, value):
@@ -202,8 +215,8 @@ class _Tiling:
 
     def positions(self, query_start, key_start, keys_major):
         """int32 rows and columns of a tile, broadcastable to its shape."""
-        rows = query_start + ops.arange(self.query_block, dtype="int32")
-        cols = key_start + ops.arange(self.block_size, dtype="int32")
+        rows = query_start + index_range(self.query_block)
+        cols = key_start + index_range(self.block_size)
         if keys_major:
             return rows[None, :], cols[:, None]
         return rows[:, None], cols[None, :]
@@ -278,7 +291,8 @@ class _Tiling:
         Each rule is checked on its own, so a block that only their
         combination hides stays inside (masked, still exact)."""
         num_blocks = self.num_blocks
-        first_key = ops.arange(num_blocks, dtype="int32") * self.block_size
+        index = index_range(num_blocks)
+        first_key = index * self.block_size
         last_row = self.query_length - 1
         seen = []
         if self.mask is not None:
@@ -290,9 +304,15 @@ class _Tiling:
         if self.pads_keys:
             seen.append(first_key < self.key_length)
         seen = ops.broadcast_to(merge_masks(*seen), (num_blocks,))
-        index = ops.arange(num_blocks, dtype="int32")
-        first = ops.min(ops.where(seen, index, num_blocks))
-        stop = ops.max(ops.where(seen, index + 1, 0))
+        # Counted, not found with min/max: those need a proof that there
+        # is a block, which shape-polymorphic export cannot give.
+        seen_so_far = ops.cumsum(ops.cast(seen, "int32"))
+        first = ops.sum(ops.cast(seen_so_far == 0, "int32"))
+        after_last = ops.logical_and(
+            seen_so_far == ops.sum(ops.cast(seen, "int32")),
+            ops.logical_not(seen),
+        )
+        stop = num_blocks - ops.sum(ops.cast(after_last, "int32"))
         return first, ops.maximum(first, stop)
 
     def _mask_seen(self):
@@ -373,8 +393,8 @@ def _heads_first(tensor, groups, padding):
 
 
 def _num_blocks(tensor, block_size):
-    length = tensor.shape[2]
-    if length is None:  # dynamic length (TensorFlow graphs): loop in-graph
+    length = static_shape(tensor)[2]
+    if length is None:  # dynamic length: loop in-graph
         return ops.shape(tensor)[2] // block_size
     return length // block_size
 
@@ -428,14 +448,18 @@ def _online_softmax_attention(query, key, value, bias, tiling):
 WRITE_IN_PLACE = True
 
 
+def _writes_in_place(static_indices):
+    """Whether `_write_block` writes in place: on torch, at Python-int
+    (`static_indices`) starts."""
+    return (
+        WRITE_IN_PLACE and static_indices and keras.backend.backend() == "torch"
+    )
+
+
 def _write_block(tensor, start, block):
     """`ops.slice_update(tensor, start, block)`; in place on torch when
     `start` holds Python ints (eager loops), returning `tensor`."""
-    if (
-        WRITE_IN_PLACE
-        and keras.backend.backend() == "torch"
-        and all(isinstance(index, int) for index in start)
-    ):
+    if _writes_in_place(all(isinstance(index, int) for index in start)):
         tensor[tuple(slice(i, i + n) for i, n in zip(start, block.shape))] = (
             block
         )
@@ -465,8 +489,8 @@ def _forward(query, key, value, bias, parameters, tiling):
         query_rows = tiling.query_rows(query, query_start)
         rows = ops.shape(query_rows)[:3] + (1,)
         output = ops.zeros(rows[:3] + (ops.shape(value)[3],))
-        row_max = ops.full(rows, MASKED_LOGIT)
         row_sum = ops.zeros(rows)
+        row_max = row_sum + MASKED_LOGIT  # not `full`: jax2onnx needs ints
 
         def key_block_step(index, carry):
             output, row_max, row_sum = carry
@@ -499,23 +523,36 @@ def _forward(query, key, value, bias, parameters, tiling):
     if tiling.one_query_block:
         return query_block_step(0, *tiling.key_blocks())
 
-    def step(query_index, carry):
-        output, log_sum_exp = carry
-        query_start = query_index * query_block
-        block_output, block_lse = query_block_step(
-            query_start, *tiling.key_blocks(query_index)
-        )
-        at = (0, 0, query_start, 0)
-        return (
-            _write_block(output, at, block_output),
-            _write_block(log_sum_exp, at, block_lse),
+    def block_of_rows(query_index):
+        return query_block_step(
+            query_index * query_block, *tiling.key_blocks(query_index)
         )
 
+    if not _writes_in_place(isinstance(tiling.num_query_blocks, int)):
+        # Each query block's rows, stacked: no writes into a carried
+        # buffer, so the graph also exports (ONNX has no in-place update).
+        return tuple(
+            _unstack_query_blocks(stacked)
+            for stacked in ops.map(
+                block_of_rows,
+                index_range(tiling.num_query_blocks),
+            )
+        )
     output = ops.zeros(ops.shape(query)[:3] + (ops.shape(value)[3],))
     log_sum_exp = ops.zeros(ops.shape(query)[:3] + (1,))
-    return ops.fori_loop(
-        0, tiling.num_query_blocks, step, (output, log_sum_exp)
-    )
+    for query_index in range(tiling.num_query_blocks):
+        at = (0, 0, query_index * query_block, 0)
+        block_output, block_lse = block_of_rows(query_index)
+        output = _write_block(output, at, block_output)
+        log_sum_exp = _write_block(log_sum_exp, at, block_lse)
+    return output, log_sum_exp
+
+
+def _unstack_query_blocks(blocks):
+    """`(blocks, B, H, rows, D)` -> `(B, H, blocks * rows, D)`."""
+    shape = ops.shape(blocks)
+    rows = ops.moveaxis(blocks, 0, 2)
+    return ops.reshape(rows, (shape[1], shape[2], -1, shape[4]))
 
 
 def _backward(saved, upstream, tiling):

@@ -24,6 +24,25 @@ def masked_logit(dtype):
     return _FINITE_MINIMUM.get(dtype, MASKED_LOGIT)
 
 
+def index_range(count, dtype="int32"):
+    """`0, 1, ..., count - 1`: `ops.arange(count)` for a count that is an
+    int or known only at run time, in a form every exporter keeps.
+
+    A count not known as an int counts ones instead, because jax2onnx's
+    export of `arange` loses a symbolic size (and then fails to broadcast
+    it against the input's own).
+
+    Example:
+
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(index_range(4)).tolist()
+    [0, 1, 2, 3]
+    """
+    if isinstance(count, int):
+        return ops.arange(0, count, dtype=dtype)
+    return ops.cumsum(ops.ones((count,), dtype)) - ops.cast(1, dtype)
+
+
 def causal_mask(query_length, key_length=None):
     """Boolean `(query_length, key_length)` mask, True on/below the diagonal.
 
@@ -37,8 +56,8 @@ def causal_mask(query_length, key_length=None):
     [[True, False, False], [True, True, False]]
     """
     key_length = query_length if key_length is None else key_length
-    rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), -1)
-    cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    rows = ops.expand_dims(index_range(query_length), -1)
+    cols = ops.expand_dims(index_range(key_length), 0)
     return ops.greater_equal(rows, cols)
 
 
@@ -52,8 +71,8 @@ def sliding_window_mask(query_length, key_length, window):
     >>> ops.convert_to_numpy(sliding_window_mask(3, 3, 2)).astype(int).tolist()
     [[1, 1, 0], [1, 1, 1], [0, 1, 1]]
     """
-    rows = ops.expand_dims(ops.arange(query_length, dtype="int32"), -1)
-    cols = ops.expand_dims(ops.arange(key_length, dtype="int32"), 0)
+    rows = ops.expand_dims(index_range(query_length), -1)
+    cols = ops.expand_dims(index_range(key_length), 0)
     return ops.less(ops.abs(rows - cols), window)
 
 

@@ -20,6 +20,8 @@ import math
 
 from keras import ops
 
+from keras_selfattn.ops.masks import index_range
+
 POSITION_DTYPE = "float32"
 
 
@@ -147,8 +149,8 @@ class PositionBias:
     def full(self, query_length, key_length):
         """The whole bias, broadcastable to `(heads, T, S)` (for the paths
         without tiles)."""
-        rows = ops.arange(query_length, dtype="int32")[:, None]
-        cols = ops.arange(key_length, dtype="int32")[None, :]
+        rows = index_range(query_length)[:, None]
+        cols = index_range(key_length)[None, :]
         return self.tile(rows, cols, key_length)
 
     def gradients(self, rows, cols, key_length, grad_tile, parameters):
