@@ -82,6 +82,15 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
         "width/layer options do not apply. 'none' trains from scratch. "
         f"Default: {modes.default_init or 'none'}",
     )
+    parser.add_argument(
+        "--lora",
+        type=positive_int,
+        metavar="RANK",
+        help="with --init: freeze the pretrained encoder and train LoRA "
+        "adapters of this rank on its query and value projections (and "
+        "the task head in full); LoRA commonly takes a larger "
+        "--learning-rate than full fine-tuning",
+    )
     note = modes.note
     parser.add_argument("--epochs", type=int, help=note("epochs"))
     parser.add_argument("--batch-size", type=int, help=note("batch_size"))
@@ -120,6 +129,23 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
     return parser, pred
 
 
+def positive_int(text):
+    """An option's positive integer.
+
+    >>> positive_int("8")
+    8
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer. Received: {text!r}"
+        )
+    return value
+
+
 def mesh_shape(text):
     """`"2,2"` -> `(2, 2)` (batch, model); `"4"` -> `(4,)`."""
     try:
@@ -143,6 +169,12 @@ def parse_args(parser, argv, modes):
     modes.apply(args)
     if args.command != "predict":
         distributed.check_args(parser, args)
+        if args.lora and not args.init:
+            parser.error(
+                "--lora adapts a pretrained encoder: it needs --init "
+                "CHECKPOINT (training from scratch, --init none, has no "
+                "frozen weights to adapt)"
+            )
     return args
 
 

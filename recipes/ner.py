@@ -2,6 +2,7 @@
 
     python recipes/ner.py                          # full run (~17 min, CPU)
     python recipes/ner.py --init none              # from scratch (~12 min)
+    python recipes/ner.py --lora 8                 # LoRA, encoder frozen
     python recipes/ner.py --smoke                  # whole path, tiny slice
     python recipes/ner.py --data my_conll/         # train/valid/test.txt
     python recipes/ner.py predict --model-dir runs/ner \\
@@ -20,7 +21,11 @@ all-MiniLM-L6-v2`, built from our layers by `keras_selfattn.pretrained`,
 with its own uncased tokenizer) fine-tuned with a character CNN over the
 UTF-8 bytes of each token's word beside its output, so case and spelling
 reach the per-token softmax; rows hold consecutive sentences of a
-document. `--init DIR` takes another BERT checkpoint directory.
+document. `--init DIR` takes another BERT checkpoint directory. `--lora
+RANK` freezes the encoder but for LoRA adapters of that rank on its
+query and value projections (`keras_selfattn.pretrained.enable_lora`);
+the character CNN and the output layer train in full. The run prints
+how many weights train.
 
 `--init none` trains from scratch instead: a WordPiece tokenizer trained
 on the training split, token + position embeddings plus the character

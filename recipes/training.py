@@ -102,8 +102,9 @@ class Run:
     def compile(self, model, steps, weight_decay, **options):
         """`model.compile` with AdamW, learning rate `--learning-rate` with
         warm-up and cosine decay over `steps`, XLA except on torch (eager),
-        and `options` (loss, metrics); prints the summary and, under
-        `--distribute`, where each weight sits."""
+        and `options` (loss, metrics); prints the summary, how many
+        weights train and, under `--distribute`, where each weight
+        sits."""
         schedule = warmup_cosine(self.args.learning_rate, steps)
         model.compile(
             optimizer=keras.optimizers.AdamW(
@@ -113,6 +114,12 @@ class Run:
             **options,
         )
         model.summary(print_fn=lambda line, **_: print(line))
+        trainable = count_weights(model.trainable_weights)
+        total = model.count_params()
+        print(
+            f"trainable weights: {trainable:,} of {total:,} "
+            f"({trainable / total:.2%})"
+        )
         distributed.print_sharding(model)
 
     def fit(
@@ -197,7 +204,9 @@ def warmup_cosine(learning_rate, steps):
 
 def load_pretrained(args):
     """`(encoder, tokenizer)` of `--init`, with the run's `--dropout` on the
-    residual branches; attention dropout stays the checkpoint's."""
+    residual branches; attention dropout stays the checkpoint's. With
+    `--lora RANK` the encoder is frozen but for LoRA adapters of that rank
+    on its query and value projections (`pretrained.enable_lora`)."""
     encoder, tokenizer = pretrained.load_bert(args.init, dropout=args.dropout)
     positions = encoder.get_layer("embeddings").sequence_length
     print(
@@ -210,7 +219,19 @@ def load_pretrained(args):
             f"--max-length {args.max_length} exceeds the encoder's "
             f"{positions} positions"
         )
+    if args.lora:
+        pretrained.enable_lora(encoder, args.lora)
+        print(
+            f"LoRA rank {args.lora} on {' and '.join(pretrained.LORA_TARGETS)}"
+            f": {count_weights(encoder.trainable_weights):,} of the "
+            f"encoder's {encoder.count_params():,} weights train"
+        )
     return encoder, tokenizer
+
+
+def count_weights(variables):
+    """The number of values in `variables`."""
+    return sum(int(np.prod(v.shape)) for v in variables)
 
 
 def encode_with(encoder, token_ids):

@@ -155,14 +155,45 @@ def attend(
     )
 
 
-def record_quantized_sublayers(layer, config):
-    """Set `config["dtype"]` to a `DTypePolicyMap` of the policies of the
-    sublayers `model.quantize()` quantized, by path (keras' pattern for
-    composite layers), if any; return `config`.
+class CompositeLayer(keras.layers.Layer):
+    """Base of our layers whose `build()` creates sublayers.
 
-    A loaded layer's `build()` then gives each sublayer
-    `dtype=sublayer_dtype(self, name)`, which builds quantized variables.
-    Entries of a map the layer already had are kept.
+    What is done to the sublayers after building, `model.quantize()` and
+    LoRA adapters (`keras_selfattn.pretrained.enable_lora`), is written
+    into the config (`record_sublayers`), so that a loaded layer's
+    `build()` does it again: quantized policies as each sublayer is
+    created (`sublayer_dtype`), adapters once all are
+    (`restore_sublayers`). A plain layer's config holds none of it.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._lora_records = {}
+
+    def get_config(self):
+        return record_sublayers(self, super().get_config())
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        records = config.pop("lora", {})
+        layer = super().from_config(config)
+        layer._lora_records = records
+        return layer
+
+
+def record_sublayers(layer, config):
+    """Record in `config` (returned) what was done to `layer`'s sublayers
+    after building, if anything:
+
+    - `config["dtype"]`: a `DTypePolicyMap` of the policies of the
+      sublayers `model.quantize()` quantized, by path (keras' pattern for
+      composite layers); `sublayer_dtype` hands each its own.
+    - `config["lora"]`: `{path below layer: {"lora_rank", "lora_alpha"}}`
+      of the sublayers with a LoRA adapter; `restore_sublayers` enables
+      them again.
+
+    Records the layer already had (loaded, not yet built) are kept.
     """
     policy = layer.dtype_policy
     if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
@@ -170,7 +201,13 @@ def record_quantized_sublayers(layer, config):
         default = policy.default_policy
     else:
         policy_map, default = {}, policy
+    adapters = {name: dict(lora) for name, lora in layer._lora_records.items()}
     for sublayer in layer._flatten_layers(include_self=False):
+        if getattr(sublayer, "lora_enabled", False):
+            adapters[_path_below(layer, sublayer)] = {
+                "lora_rank": sublayer.lora_rank,
+                "lora_alpha": sublayer.lora_alpha,
+            }
         if sublayer.quantization_mode is None or sublayer.path in policy_map:
             continue
         own = sublayer.dtype_policy
@@ -181,13 +218,15 @@ def record_quantized_sublayers(layer, config):
         config["dtype"] = keras.dtype_policies.serialize(
             keras.dtype_policies.DTypePolicyMap(default, policy_map)
         )
+    if adapters:
+        config["lora"] = adapters
     return config
 
 
 def sublayer_dtype(layer, name):
     """The `dtype` for the sublayer `name` that `layer.build()` creates:
     the quantized policy a `DTypePolicyMap` of `layer` holds for its path
-    (see `record_quantized_sublayers`), else `layer.dtype_policy`.
+    (see `record_sublayers`), else `layer.dtype_policy`.
 
     A quantized sublayer gets its own policy, not the map: keras 3.15's
     Dense cannot save its int8/int4 variables under a map.
@@ -198,6 +237,71 @@ def sublayer_dtype(layer, name):
         if own.quantization_mode is not None:
             return own
     return policy
+
+
+def restore_sublayers(layer):
+    """Called last in `build()`: freeze the new sublayers of a frozen
+    `layer` (keras creates them trainable, so a loaded frozen layer would
+    train them) and enable the adapters its config records (see
+    `record_sublayers`)."""
+    if not layer.trainable:
+        # Each one: TensorFlow's attribute tracking skips setting a value
+        # an attribute already has, so `layer.trainable = False` would not
+        # reach the sublayers.
+        for sublayer in layer._flatten_layers(include_self=False):
+            sublayer.trainable = False
+    if not layer._lora_records:
+        return
+    sublayers = {
+        _path_below(layer, sublayer): sublayer
+        for sublayer in adaptable_sublayers(layer)
+    }
+    for name, lora in layer._lora_records.items():
+        enable_adapter(sublayers[name], lora["lora_rank"], lora["lora_alpha"])
+
+
+def enable_adapter(layer, rank, alpha=None):
+    """keras' LoRA adapter on a built Dense, EinsumDense or Embedding
+    `layer` (`layer.enable_lora`): its kernel then adds `alpha / rank *
+    a @ b`; the two factors train even if `layer` is frozen.
+
+    Saving merges the adapter into the kernel, and loading zeroes both
+    factors (keras 3.15), where neither gets a gradient: the factor `a`
+    is drawn again after loading, as `enable_lora` draws it, so the
+    loaded layer predicts the same (`b` stays zero) and trains on.
+    """
+    layer.enable_lora(rank, lora_alpha=alpha)
+    a, b = adapter_factors(layer)
+    a.trainable = b.trainable = True
+    load = layer.load_own_variables
+
+    def load_own_variables(store):
+        load(store)
+        a.assign(keras.initializers.HeUniform()(a.shape, dtype=a.dtype))
+
+    layer.load_own_variables = load_own_variables
+
+
+def adaptable_sublayers(layer):
+    """The built sublayers of `layer` that take a LoRA adapter (keras'
+    Dense, EinsumDense and Embedding)."""
+    return [
+        sublayer
+        for sublayer in layer._flatten_layers(include_self=False)
+        if hasattr(sublayer, "enable_lora") and sublayer.built
+    ]
+
+
+def adapter_factors(layer):
+    """`(a, b)`, the factors of `layer`'s LoRA adapter."""
+    if isinstance(layer, keras.layers.Embedding):
+        return layer.lora_embeddings_a, layer.lora_embeddings_b
+    return layer.lora_kernel_a, layer.lora_kernel_b
+
+
+def _path_below(layer, sublayer):
+    """`sublayer.path` relative to `layer.path`."""
+    return sublayer.path[len(layer.path) + 1 :]
 
 
 def initializers_config(layer):

@@ -9,14 +9,15 @@ from keras_selfattn.layers._attention_axes import (
     projection_equation,
 )
 from keras_selfattn.layers._common import (
+    CompositeLayer,
     attend,
     check_layer_attention_bias,
     check_position_options,
     clone_initializer,
     initializers_config,
-    record_quantized_sublayers,
-    sublayer_dtype,
+    restore_sublayers,
     set_attention_options,
+    sublayer_dtype,
     zero_masked_rows,
 )
 from keras_selfattn.layers.relative_position_bias import (
@@ -33,7 +34,7 @@ from keras_selfattn.ops import (
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
-class MultiHeadAttention(keras.layers.Layer):
+class MultiHeadAttention(CompositeLayer):
     """Multi-head (and grouped-query) dot-product attention.
 
     Takes every argument of keras 3.15's `keras.layers.MultiHeadAttention`,
@@ -328,6 +329,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 name="relative_position_bias",
             )
             self.relative_position_bias.build()
+        restore_sublayers(self)
 
     def call(
         self,
@@ -542,7 +544,7 @@ class MultiHeadAttention(keras.layers.Layer):
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
-        config = record_quantized_sublayers(self, super().get_config())
+        config = super().get_config()
         config.update(
             {
                 "num_heads": self.num_heads,

@@ -5,19 +5,20 @@ from keras import ops
 
 from keras_selfattn._validation import check_positive_int
 from keras_selfattn.layers._common import (
+    CompositeLayer,
     attend,
     check_self_attention_call,
     clone_initializer,
     initializers_config,
-    record_quantized_sublayers,
-    sublayer_dtype,
+    restore_sublayers,
     set_attention_options,
+    sublayer_dtype,
 )
 from keras_selfattn.ops import check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
-class SelfAttention(keras.layers.Layer):
+class SelfAttention(CompositeLayer):
     """Single-head scaled dot-product self-attention.
 
     Without projections (the default) it has no weights:
@@ -109,6 +110,7 @@ class SelfAttention(keras.layers.Layer):
             )
             dense.build(inputs_shape)
             setattr(self, f"{name}_dense", dense)
+        restore_sublayers(self)
 
     def call(
         self,
@@ -173,7 +175,7 @@ class SelfAttention(keras.layers.Layer):
         )
 
     def get_config(self):
-        config = record_quantized_sublayers(self, super().get_config())
+        config = super().get_config()
         config.update(
             {
                 "use_projections": self.use_projections,

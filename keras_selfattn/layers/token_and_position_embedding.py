@@ -10,9 +10,10 @@ from keras_selfattn._validation import (
     static_shape,
 )
 from keras_selfattn.layers._common import (
+    CompositeLayer,
     check_int_input,
     clone_initializer,
-    record_quantized_sublayers,
+    restore_sublayers,
     sublayer_dtype,
 )
 from keras_selfattn.ops import index_range
@@ -24,7 +25,7 @@ POSITION_ENCODINGS = ("learned", "sinusoidal")
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
-class TokenAndPositionEmbedding(keras.layers.Layer):
+class TokenAndPositionEmbedding(CompositeLayer):
     """Token embedding plus a learned or sinusoidal position embedding.
 
     With `mask_zero=True`, id 0 is padding: the output carries the Keras mask
@@ -109,6 +110,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
                 initializer=clone_initializer(self.embeddings_initializer),
                 name="position_embeddings",
             )
+        restore_sublayers(self)
 
     def call(self, inputs):
         check_int_input("inputs", inputs)
@@ -149,7 +151,7 @@ class TokenAndPositionEmbedding(keras.layers.Layer):
         return tuple(inputs_shape) + (self.embedding_dim,)
 
     def get_config(self):
-        config = record_quantized_sublayers(self, super().get_config())
+        config = super().get_config()
         config.update(
             {
                 "vocabulary_size": self.vocabulary_size,

@@ -8,12 +8,13 @@ from keras_selfattn._validation import (
     check_rate,
 )
 from keras_selfattn.layers._common import (
+    CompositeLayer,
     check_layer_attention_bias,
     check_position_options,
     check_self_attention_call,
     clone_initializer,
     initializers_config,
-    record_quantized_sublayers,
+    restore_sublayers,
     sublayer_dtype,
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
@@ -21,7 +22,7 @@ from keras_selfattn.ops import check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
-class TransformerEncoder(keras.layers.Layer):
+class TransformerEncoder(CompositeLayer):
     """One Transformer encoder block (Vaswani et al. 2017).
 
     `x + Dropout(MHA(x))` then `x + Dropout(FFN(x))`, each followed by
@@ -220,6 +221,7 @@ class TransformerEncoder(keras.layers.Layer):
         self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
         self.feedforward_layer_norm.build(inputs_shape)
         self.feedforward_dropout = self._dropout("feedforward_dropout")
+        restore_sublayers(self)
 
     def call(
         self,
@@ -296,7 +298,7 @@ class TransformerEncoder(keras.layers.Layer):
         return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
 
     def get_config(self):
-        config = record_quantized_sublayers(self, super().get_config())
+        config = super().get_config()
         config.update(
             {
                 "num_heads": self.num_heads,
