@@ -121,9 +121,9 @@ def test_auto_choice_on_this_backend():
     long, short = BLOCKWISE_MIN_LENGTH, BLOCKWISE_MIN_LENGTH - 1
     for length in (short, long, None):
         assert choose_implementation("auto", length, True) == "einsum"
-    # A JAX length is unknown only under shape-polymorphic export, whose
-    # converters need the einsum path.
-    unknown = "einsum" if BACKEND == "jax" else "blockwise"
+    # A JAX or torch length is unknown only under export, whose
+    # converters need a path without loops.
+    unknown = {"jax": "einsum", "torch": "fused"}.get(BACKEND, "blockwise")
     if BACKEND == "torch":
         expected = {short: "fused", long: "fused", None: "fused"}
     else:  # JAX (on a CPU) and TensorFlow
@@ -139,9 +139,11 @@ def test_auto_choice_on_this_backend():
     assert choose_implementation("auto", 2048, False, **narrow) == dense_band
     assert choose_implementation("auto", 4096, False, **narrow) == "blockwise"
     choice = choose_implementation("auto", None, False, **narrow)
-    assert choice == (unknown if BACKEND == "jax" else "blockwise")
+    assert choice == unknown
     tiled = choose_implementation("auto", long, False, tiled_features=True)
     assert tiled == "blockwise"
+    tiled = choose_implementation("auto", None, False, tiled_features=True)
+    assert tiled == ("blockwise" if BACKEND == "tensorflow" else "einsum")
 
 
 @pytest.mark.parametrize("implementation", ["fused", "blockwise"])

@@ -359,8 +359,10 @@ def choose_implementation(
     `sliding_window` with `SPARSE_BAND_WINDOWS` windows of keys or more
     (the blockwise path then visits only the band);
     otherwise `"blockwise"` from `BLOCKWISE_MIN_LENGTH` keys up, or when
-    the length is unknown (on JAX only shape-polymorphic export leaves it
-    unknown, and its converters need `"einsum"`), and `"einsum"` below.
+    the length is unknown, and `"einsum"` below. On JAX and torch only
+    export leaves the length unknown, and their exporters need a path
+    without loops: then `"fused"` where the fused kernel runs, else
+    `"einsum"`.
 
     Example:
 
@@ -402,13 +404,13 @@ def _resolve_implementation(
     sparse_band = sliding_window is not None and (
         key_length is None or key_length >= SPARSE_BAND_WINDOWS * sliding_window
     )
+    if key_length is None and backend != "tensorflow":
+        # Only export leaves a JAX or torch length unknown, and their
+        # exporters cannot convert the blockwise loop (its custom gradient,
+        # its bounds read from the mask; README, "Deploy").
+        return "fused" if fused_kernel and not tiled_features else "einsum"
     if fused_kernel and not (tiled_features or sparse_band):
         return "fused"
-    if key_length is None and backend == "jax":
-        # Only shape-polymorphic export leaves a JAX length unknown, and
-        # its converters take no loop with a custom gradient (see
-        # README, "Deploy").
-        return "einsum"
     if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
         return "blockwise"
     return "einsum"

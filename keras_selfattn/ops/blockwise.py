@@ -9,7 +9,10 @@ memory grows with the tile, not with `T * S`.
 Without a causal mask or a sliding window a tile holds every query row
 and one block of keys. With either, the queries are cut into blocks too,
 and each query block visits only the key blocks inside its band: a window
-`w` costs `L * w`, not `L^2`, and a causal mask about half.
+`w` costs `L * w`, not `L^2`, and a causal mask about half. (Where the
+query length is known only at run time, as in an exported graph, the
+band is masked tile by tile over one block of all the rows: exact, at
+the cost of `L^2`.)
 
 Biases (the user's `attention_bias`, a `PositionBias` such as ALiBi or
 T5's) and the logit soft cap are applied tile by tile; a position bias is
@@ -83,17 +86,18 @@ def blockwise_attention(
     else:
         dynamic_keys = False
         block_size = min(block_size, key_length)
-    if query_length is None:
-        query_length = ops.shape(query)[1]
-    if not (is_causal or sliding_window is not None):
-        # One block of all the query rows: no loop over query blocks.
-        query_block, query_padding, num_query_blocks = query_length, 0, 1
-    else:
-        query_block = QUERY_BLOCK_SIZE
-        if isinstance(query_length, int):
-            query_block = min(QUERY_BLOCK_SIZE, query_length)
+    banded = is_causal or sliding_window is not None
+    if banded and query_length is not None:
+        query_block = min(QUERY_BLOCK_SIZE, query_length)
         query_padding = _padding(query_length, query_block)
-        num_query_blocks = None  # counted once padded
+        num_query_blocks = (query_length + query_padding) // query_block
+    else:
+        # One block of all the query rows. A band over a length known only
+        # at run time (an exported graph) is masked tile by tile instead:
+        # the loop over query blocks would need writes or stacked outputs
+        # that LiteRT's built-in ops lack.
+        query_length = ops.shape(query)[1]
+        query_block, query_padding, num_query_blocks = query_length, 0, 1
     key_padding = _padding(key_length, block_size)
     groups = query.shape[2] // key.shape[2]
     dtype = value.dtype
@@ -117,7 +121,7 @@ def blockwise_attention(
         sliding_window=sliding_window,
         query_block=query_block,
         block_size=block_size,
-        num_query_blocks=num_query_blocks or _num_blocks(query, query_block),
+        num_query_blocks=num_query_blocks,
         num_blocks=_num_blocks(key, block_size),
         position_bias=position_bias,
         logit_soft_cap=logit_soft_cap,

@@ -1,0 +1,262 @@
+"""Deploying a trained recipe model: `export` writes an artifact beside
+tokenizer.json, and `predict --artifact` runs one in its own runtime.
+
+    python recipes/sentiment.py export --model-dir runs/sentiment \\
+        --format onnx                      # runs/sentiment/model.onnx
+    python recipes/sentiment.py predict \\
+        --artifact runs/sentiment/model.onnx "A warm, funny film."
+
+Importing this module imports no Keras: `predict --artifact` runs on
+`tokenizers`, NumPy and the artifact's runtime alone (onnxruntime for
+ONNX), and starts in a fraction of the time a Keras backend takes.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+# The formats `model.export` writes on each backend, and the artifact's
+# name in the model directory.
+ARTIFACTS = {
+    "onnx": "model.onnx",
+    "tf_saved_model": "saved_model",
+    "litert": "model.tflite",
+    "torch": "model.pt2",
+}
+FORMATS_BY_BACKEND = {
+    "tensorflow": ("onnx", "tf_saved_model", "litert"),
+    "jax": ("onnx", "tf_saved_model"),
+    "torch": ("onnx", "torch"),
+}
+# torch.export and torch's ONNX export need bounds on the dynamic sizes.
+MAX_BATCH, MAX_LENGTH = 1024, 8192
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_artifact(model, model_dir, format, sample):
+    """Export `model` to `<model_dir>/<ARTIFACTS[format]>` (written
+    atomically: a failed export leaves an earlier artifact as it was).
+
+    The batch and length axes stay dynamic, except in torch's ONNX
+    export, where keras' own layers cannot keep them
+    (`keras.layers.LayerNormalization` fails to trace): there the
+    artifact takes the shape of `sample`. Returns the artifact's path.
+    """
+    import keras
+
+    from keras_selfattn.downloads import atomic_write
+
+    backend = keras.backend.backend()
+    if format not in FORMATS_BY_BACKEND[backend]:
+        raise ValueError(
+            f"`format` must be one of {FORMATS_BY_BACKEND[backend]} on the "
+            f"{backend} backend. Received: format={format!r}"
+        )
+    options = export_options(model, format, sample)
+    path = Path(model_dir) / ARTIFACTS[format]
+    atomic_write(
+        path,
+        lambda tmp: model.export(tmp, format=format, verbose=False, **options),
+        directory=format == "tf_saved_model",
+    )
+    return path
+
+
+def export_options(model, format, sample):
+    """The `model.export` options that keep the batch and length dynamic
+    where the backend's exporter can (see `export_artifact`)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax" and format == "tf_saved_model":
+        # jax2tf cannot trace the gradient of a loop with a custom
+        # gradient under symbolic shapes; a serving artifact needs none.
+        return {"jax2tf_kwargs": {"with_gradient": False}}
+    if backend != "torch":
+        return {}
+    if format == "onnx":
+        sample = np.asarray(sample)
+        spec = keras.InputSpec(shape=sample.shape, dtype=str(sample.dtype))
+        return {"input_signature": [spec]}
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=MAX_BATCH)
+    length = Dim("length", min=2, max=MAX_LENGTH)
+    return {"dynamic_shapes": {0: batch, 1: length}}
+
+
+# ---------------------------------------------------------------- runtimes
+
+
+def load_artifact(path):
+    """A function mapping a NumPy input (the model's one input) to the
+    NumPy output of the exported model at `path`, run in its own runtime:
+    `.onnx` onnxruntime, `.tflite` the LiteRT interpreter, `.pt2`
+    `torch.export.load`, a directory TensorFlow's SavedModel."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        return _onnx_runner(path)
+    if path.suffix == ".tflite":
+        return _litert_runner(path)
+    if path.suffix == ".pt2":
+        return _torch_runner(path)
+    if (path / "saved_model.pb").exists():
+        return _saved_model_runner(path)
+    raise ValueError(
+        "`artifact` must be a .onnx, .tflite or .pt2 file or a SavedModel "
+        f"directory. Received: artifact={str(path)!r}"
+    )
+
+
+def _onnx_runner(path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(
+        str(path), providers=["CPUExecutionProvider"]
+    )
+    (given,) = session.get_inputs()
+
+    def run(inputs):
+        return session.run(None, {given.name: inputs})[0]
+
+    batch, length = given.shape[:2]
+    if isinstance(batch, int) and isinstance(length, int):
+        return lambda inputs: _run_fixed_shape(run, inputs, batch, length)
+    return run
+
+
+def _run_fixed_shape(run, inputs, batch, length):
+    """`run` on a `(batch, length)`-shaped artifact (torch's ONNX): rows
+    padded with 0 (padding) to `length`, `batch` rows a call; a length
+    axis of the outputs is cut back."""
+    rows, width = inputs.shape[:2]
+    if width > length:
+        raise ValueError(
+            f"The artifact takes at most {length} tokens a row. Received: "
+            f"inputs.shape={inputs.shape}"
+        )
+    padded = np.zeros((-(-rows // batch) * batch, length), inputs.dtype)
+    padded[:rows, :width] = inputs
+    outputs = np.concatenate(
+        [run(padded[i : i + batch]) for i in range(0, len(padded), batch)]
+    )[:rows]
+    if outputs.ndim > 2 and outputs.shape[1] == length:
+        outputs = outputs[:, :width]
+    return outputs
+
+
+def _litert_runner(path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+
+    def run(inputs):
+        (given,) = interpreter.get_input_details()
+        interpreter.resize_tensor_input(given["index"], inputs.shape)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(given["index"], inputs)
+        interpreter.invoke()
+        (result,) = interpreter.get_output_details()
+        return interpreter.get_tensor(result["index"])
+
+    return run
+
+
+def _torch_runner(path):
+    import torch
+
+    module = torch.export.load(str(path)).module()
+
+    def run(inputs):
+        with torch.no_grad():
+            return module(torch.from_numpy(inputs)).cpu().numpy()
+
+    return run
+
+
+def _saved_model_runner(path):
+    import tensorflow as tf
+
+    artifact = tf.saved_model.load(str(path))
+    return lambda inputs: artifact.serve(inputs).numpy()
+
+
+# ---------------------------------------------------------------- serving
+
+
+def text_module():
+    """`keras_selfattn.text` (the tokenizer pipeline, which needs no
+    Keras), imported without running the package's `__init__`, which
+    imports Keras and a backend. Where the package is already imported,
+    that is the one used."""
+    if "keras_selfattn" not in sys.modules:
+        spec = importlib.util.find_spec("keras_selfattn")
+        sys.modules["keras_selfattn"] = importlib.util.module_from_spec(spec)
+    return importlib.import_module("keras_selfattn.text")
+
+
+def serving_requested(argv):
+    """True for `predict ... --artifact FILE`: the one command served with
+    no Keras import (see `serve`)."""
+    return (
+        bool(argv)
+        and argv[0] == "predict"
+        and any(
+            arg == "--artifact" or arg.startswith("--artifact=") for arg in argv
+        )
+    )
+
+
+def add_predict_arguments(parser, run_dir):
+    """The arguments of the recipes' `predict` command (`texts`,
+    `--model-dir`, `--artifact`)."""
+    parser.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
+    parser.add_argument("--model-dir", default=run_dir)
+    parser.add_argument(
+        "--artifact",
+        help="run this exported model (see `export`) in its own runtime "
+        "instead of the Keras model; its folder holds the run's "
+        "tokenizer.json and metrics.json",
+    )
+
+
+def serve(argv, run_dir, label_texts):
+    """`predict --artifact FILE [texts]`: print `label_texts(run, texts)`'s
+    lines, `run` being the loaded artifact with the run's tokenizer and
+    settings (see `ServedRun`); texts default to the lines of stdin."""
+    parser = argparse.ArgumentParser(prog="predict")
+    add_predict_arguments(parser, run_dir)
+    args, _ = parser.parse_known_args(argv[1:])
+    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
+    if not texts:
+        raise SystemExit("No texts given (arguments or stdin lines).")
+    for line in label_texts(ServedRun(args.artifact), texts):
+        print(line)
+
+
+class ServedRun:
+    """An exported model with the tokenizer and the settings of its run
+    (tokenizer.json and metrics.json in the artifact's folder)."""
+
+    def __init__(self, artifact):
+        artifact = Path(artifact)
+        folder = artifact.parent
+        self.text = text_module()
+        self.tokenizer = self.text.load_tokenizer(folder / "tokenizer.json")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        self.metrics = metrics
+        self.settings = argparse.Namespace(**metrics["settings"])
+        self.run = load_artifact(artifact)
+
+    def predict_rows(self, ids):
+        """The model's outputs for `ids` (`(n, length)`, 0 = pad), cut to
+        the longest row."""
+        width = max(int((ids != 0).sum(1).max(initial=1)), 1)
+        return np.asarray(self.run(np.ascontiguousarray(ids[:, :width])))
