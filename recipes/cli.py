@@ -1,12 +1,12 @@
 """The recipes' command line: the options both take, the defaults that
-depend on the mode (`--smoke`, `--init`), and the two commands (train,
-`predict`)."""
+depend on the mode (`--smoke`, `--init`), and the three commands (train,
+`predict`, `export`)."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from recipes import distributed, reporting
+from recipes import deploy, distributed, reporting
 
 
 class ModeDefaults:
@@ -52,8 +52,9 @@ class ModeDefaults:
 
 
 def recipe_parser(description, run_dir, predict_help, modes, model_size):
-    """The options both recipes take, and a `predict` subcommand with
-    `texts` and `--model-dir`. `modes` (a `ModeDefaults`) gives the
+    """The options both recipes take, a `predict` subcommand (`texts`,
+    `--model-dir`, `--artifact`) and an `export` one (`--model-dir`,
+    `--format`). `modes` (a `ModeDefaults`) gives the
     defaults of `--init`, `--epochs`, `--batch-size`, `--max-length` and
     `--learning-rate`; `model_size` those of the from-scratch model's
     `--embedding-dim`, `--num-layers`, `--num-heads` and
@@ -63,8 +64,20 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
     )
     sub = parser.add_subparsers(dest="command")
     pred = sub.add_parser("predict", help=predict_help)
-    pred.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
-    pred.add_argument("--model-dir", default=run_dir)
+    deploy.add_predict_arguments(pred, run_dir)
+    export = sub.add_parser(
+        "export",
+        help="write the trained model as an artifact for a serving runtime "
+        "(see `predict --artifact`)",
+    )
+    export.add_argument("--model-dir", default=run_dir)
+    export.add_argument(
+        "--format",
+        default="onnx",
+        choices=sorted(deploy.ARTIFACTS),
+        help="onnx (default; every backend), tf_saved_model (TensorFlow, "
+        "JAX), litert (TensorFlow) or torch (torch)",
+    )
     parser.add_argument("--output-dir", default=run_dir)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument(
@@ -167,7 +180,7 @@ def parse_args(parser, argv, modes):
     if args.init and args.init.lower() == "none":
         args.init = None
     modes.apply(args)
-    if args.command != "predict":
+    if args.command is None:  # training
         distributed.check_args(parser, args)
         if args.lora and not args.init:
             parser.error(
@@ -178,11 +191,11 @@ def parse_args(parser, argv, modes):
     return args
 
 
-def run(args, train, predict):
-    """The `predict` subcommand, or a training run whose output is also
-    written to `<output_dir>/train.log`."""
-    if args.command == "predict":
-        predict(args)
+def run(args, train, predict, export):
+    """The `predict` or `export` subcommand, or a training run whose
+    output is also written to `<output_dir>/train.log`."""
+    if args.command in ("predict", "export"):
+        {"predict": predict, "export": export}[args.command](args)
         return
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,7 +47,8 @@ def export_artifact(model, model_dir, format, sample):
     The batch and length axes stay dynamic, except in torch's ONNX
     export, where keras' own layers cannot keep them
     (`keras.layers.LayerNormalization` fails to trace): there the
-    artifact takes the shape of `sample`. Returns the artifact's path.
+    artifact takes the shape of `sample`, on which a model never called
+    (a loaded one) is called first. Returns the artifact's path.
     """
     import keras
 
@@ -59,6 +60,8 @@ def export_artifact(model, model_dir, format, sample):
             f"`format` must be one of {FORMATS_BY_BACKEND[backend]} on the "
             f"{backend} backend. Received: format={format!r}"
         )
+    if not model._called:  # a loaded model: keras exports called ones
+        model(sample)
     options = export_options(model, format, sample)
     path = Path(model_dir) / ARTIFACTS[format]
     atomic_write(
@@ -260,3 +263,35 @@ class ServedRun:
         the longest row."""
         width = max(int((ids != 0).sum(1).max(initial=1)), 1)
         return np.asarray(self.run(np.ascontiguousarray(ids[:, :width])))
+
+
+# ---------------------------------------------------------------- sentiment
+
+
+def encode_reviews(text, tokenizer, texts, max_length, cache_dir=None):
+    """The sentiment recipe's token ids of `texts`: reviews longer than
+    `max_length` keep their head and tail (`text` is
+    `keras_selfattn.text`)."""
+    return text.encode_texts(
+        tokenizer,
+        texts,
+        max_length=max_length,
+        truncation="head+tail",
+        cache_dir=cache_dir,
+    )
+
+
+def review_line(label_names, probability, review):
+    """`label<TAB>probability<TAB>review`, what `predict` prints."""
+    label = label_names[int(probability > 0.5)]
+    return f"{label}\t{probability:.3f}\t{review}"
+
+
+def label_reviews(run, texts):
+    """`predict --artifact` of the sentiment recipe: a line a review."""
+    ids = encode_reviews(
+        run.text, run.tokenizer, texts, run.settings.max_length
+    )
+    probabilities = run.predict_rows(ids)[:, 0]
+    labels = run.metrics["label_names"]
+    return [review_line(labels, p, t) for p, t in zip(probabilities, texts)]

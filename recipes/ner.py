@@ -404,6 +404,12 @@ def train(args):
 
 
 def predict(args):
+    if args.artifact:
+        raise SystemExit(
+            "predict --artifact serves the sentiment recipe's artifacts; "
+            "an NER artifact runs with recipes.deploy.load_artifact on "
+            "the tagger's inputs (see README, Deploy)"
+        )
     model_dir = Path(args.model_dir)
     model, tokenizer, _, settings = training.load_run(model_dir)
     tag_names = json.loads((model_dir / "labels.json").read_text())
@@ -416,7 +422,7 @@ def predict(args):
 
 
 def main(argv=None):
-    cli.run(parse_args(argv), train, predict)
+    cli.run(parse_args(argv), train, predict, training.export_run)
 
 
 if __name__ == "__main__":

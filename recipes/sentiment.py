@@ -8,6 +8,10 @@
     python recipes/sentiment.py predict --model-dir runs/sentiment \\
         "A warm, funny film." "Two hours I will never get back."
     echo "Loved it" | python recipes/sentiment.py predict --explain
+    python recipes/sentiment.py export --model-dir runs/sentiment \\
+        --format onnx                              # runs/sentiment/model.onnx
+    python recipes/sentiment.py predict \\
+        --artifact runs/sentiment/model.onnx "Loved it"  # onnxruntime only
     KERAS_BACKEND=jax python recipes/sentiment.py --distribute data
     KERAS_BACKEND=jax python recipes/sentiment.py --distribute model \\
         --mesh 2,2                                 # 4 devices: batch x model
@@ -39,6 +43,15 @@ if not __package__:  # run as a file: `python recipes/sentiment.py`
 
     _launch.run_as_module(__file__)
 
+import sys
+
+if __name__ == "__main__":  # `predict --artifact` imports no Keras
+    from recipes import deploy
+
+    if deploy.serving_requested(sys.argv[1:]):
+        deploy.serve(sys.argv[1:], "runs/sentiment", deploy.label_reviews)
+        raise SystemExit(0)
+
 from pathlib import Path
 
 import keras
@@ -47,7 +60,7 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import text
 from keras_selfattn.downloads import resolve_cache_dir
-from recipes import batching, cli, data, splitting, training
+from recipes import batching, cli, data, deploy, splitting, training
 
 LABEL_NAMES = ("negative", "positive")
 
@@ -228,12 +241,8 @@ def short_crops(fraction, cls_id, sep_id, shortest=4, longest=40):
 
 
 def encode(tokenizer, texts, args, cache_dir=None):
-    return text.encode_texts(
-        tokenizer,
-        texts,
-        max_length=args.max_length,
-        truncation="head+tail",
-        cache_dir=cache_dir,
+    return deploy.encode_reviews(
+        text, tokenizer, texts, args.max_length, cache_dir=cache_dir
     )
 
 
@@ -380,8 +389,7 @@ def predict(args):
     texts = cli.input_texts(args.texts)
     probabilities = predict_probabilities(model, tokenizer, texts, settings)
     for i, (review, p) in enumerate(zip(texts, probabilities)):
-        label = label_names[int(p > 0.5)]
-        print(f"{label}\t{p:.3f}\t{review}")
+        print(deploy.review_line(label_names, p, review))
         if args.explain:
             path = model_dir / f"explain_{i}.png"
             explain(model, tokenizer, review, settings, path)
@@ -440,7 +448,7 @@ def explain(model, tokenizer, review, settings, path):
 
 
 def main(argv=None):
-    cli.run(parse_args(argv), train, predict)
+    cli.run(parse_args(argv), train, predict, training.export_run)
 
 
 if __name__ == "__main__":

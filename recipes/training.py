@@ -31,7 +31,11 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import distribution, pretrained, text
 from keras_selfattn.downloads import atomic_write
-from recipes import BACKEND_NOTE, batching, distributed, reporting
+from recipes import BACKEND_NOTE, batching, deploy, distributed, reporting
+
+
+# Rows a batch of torch's ONNX artifacts, whose shape is fixed.
+EXPORT_BATCH = 32
 
 
 class Run:
@@ -270,6 +274,24 @@ def check_reload(model, path, inputs, tolerance=1e-5):
     print(f"reloaded {path}{where}: max |difference| {diff:.1e}")
     if diff > tolerance:
         raise RuntimeError(f"Reloaded model predicts differently: {diff}")
+
+
+def export_run(args):
+    """The `export` command: the run in `--model-dir` written as a
+    `--format` artifact beside its tokenizer.json (`recipes.deploy`),
+    with dynamic batch and length where the backend's exporter allows
+    (torch's ONNX takes `EXPORT_BATCH` rows of `--max-length` tokens)."""
+    model, _, _, settings = load_run(args.model_dir)
+    sample = np.ones((EXPORT_BATCH, settings.max_length), "int32")
+    path = deploy.export_artifact(model, args.model_dir, args.format, sample)
+    size = sum(
+        f.stat().st_size for f in [path, *path.rglob("*")] if f.is_file()
+    )
+    print(
+        f"wrote {path} ({args.format}, {size / 2**20:.1f} MiB); serve it "
+        f"with: predict --artifact {path}"
+    )
+    return path
 
 
 def load_run(model_dir):

@@ -116,6 +116,41 @@ def test_explain_writes_a_heat_map(trained):
     assert (out / "explain_0.png").stat().st_size > 0, stdout
 
 
+# Runs a recipe file as `python FILE ARGS...` would, then names the
+# frameworks the process imported.
+FRAMEWORKS_PROBE = """
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+frameworks = ("keras", "tensorflow", "jax", "torch")
+print("frameworks:", [name for name in frameworks if name in sys.modules])
+"""
+
+
+def test_exported_artifact_predicts_without_keras(trained):
+    out, _ = trained
+    texts = ["a wonderful and superb film", "boring and awful plot"]
+    _, expected = parse_predictions(
+        run(["predict", "--model-dir", str(out), *texts])
+    )
+    stdout = run(["export", "--model-dir", str(out), "--format", "onnx"])
+    artifact = out / "model.onnx"
+    assert str(artifact) in stdout and artifact.stat().st_size > 0
+    served = run_script(
+        "-c",
+        [FRAMEWORKS_PROBE, str(RECIPE), "predict", "--artifact", str(artifact)],
+        stdin="\n".join(texts),
+    )
+    labels, probabilities = parse_predictions(served)
+    assert labels == ["good", "bad"]
+    np.testing.assert_allclose(probabilities, expected, atol=1e-3)
+    assert "frameworks: []" in served
+
+
 @pytest.mark.parametrize("other", [b for b in BACKENDS if b != BACKEND])
 def test_saved_model_predicts_the_same_under_other_backends(trained, other):
     out, _ = trained
