@@ -9,6 +9,12 @@ from pathlib import Path
 from recipes import deploy, distributed, reporting
 
 
+# `--lora`'s learning rate unless one is given: adapters need a larger one
+# than full fine-tuning. NER, --lora 8, 2 epochs: test entity F1 0.835 at
+# 2e-3, 0.027 at the fine-tuning default 2e-4 (README, NER).
+LORA_LEARNING_RATE = 2e-3
+
+
 class ModeDefaults:
     """Defaults that depend on the mode. `plain` holds every such setting
     (training from scratch); `smoke` and `init` override some of them
@@ -101,8 +107,8 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
         metavar="RANK",
         help="with --init: freeze the pretrained encoder and train LoRA "
         "adapters of this rank on its query and value projections (and "
-        "the task head in full); LoRA commonly takes a larger "
-        "--learning-rate than full fine-tuning",
+        "the task head in full); --learning-rate then defaults to "
+        f"{LORA_LEARNING_RATE}",
     )
     note = modes.note
     parser.add_argument("--epochs", type=int, help=note("epochs"))
@@ -179,6 +185,8 @@ def parse_args(parser, argv, modes):
     args = parser.parse_args(argv)
     if args.init and args.init.lower() == "none":
         args.init = None
+    if args.lora and args.learning_rate is None:
+        args.learning_rate = LORA_LEARNING_RATE
     modes.apply(args)
     if args.command is None:  # training
         distributed.check_args(parser, args)

@@ -12,7 +12,7 @@ from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
 
 from keras_selfattn import pretrained
 from keras_selfattn.layers._common import adapter_factors
-from recipes import ner, sentiment, training
+from recipes import cli, ner, sentiment, training
 
 RANK = 2
 # TINY_CONFIG's sizes: width 15 = 3 heads of 5, 2 blocks.
@@ -177,8 +177,11 @@ def test_model_must_be_a_model_and_adapted_once():
 
 
 def test_recipe_lora_flag(tmp_path, capsys):
-    assert ner.parse_args(["--lora", "4"]).lora == 4  # default --init
+    lora = ner.parse_args(["--lora", "4"])  # the default --init
+    assert lora.lora == 4 and lora.learning_rate == cli.LORA_LEARNING_RATE
     assert ner.parse_args([]).lora is None
+    given = ner.parse_args(["--lora", "4", "--learning-rate", "1e-3"])
+    assert given.learning_rate == 1e-3
     for recipe, argv in (
         (ner, ["--init", "none", "--lora", "4"]),
         (sentiment, ["--lora", "4"]),  # trains from scratch by default
