@@ -505,14 +505,14 @@ def load_bert(
 LORA_TARGETS = ("query", "value")
 
 
-def enable_lora(model, rank, target_names=None, alpha=None):
+def enable_lora(model, rank, target_layer_names=None, alpha=None):
     """Freeze `model` and give LoRA adapters (Hu et al. 2021) to the
     projections of its attention layers: then only the adapters train.
 
-    As keras-hub's `Backbone.enable_lora`: every layer of `model` is
-    frozen, then each sublayer of our layers (`MultiHeadAttention`,
-    `TransformerEncoder`, ...) named in `target_names` gets keras' adapter
-    (`layer.enable_lora`): its kernel `W` acts as `W + alpha / rank *
+    As keras-hub's `Backbone.enable_lora` (same argument names): every
+    layer of `model` is frozen, then each sublayer of our layers
+    (`MultiHeadAttention`, `TransformerEncoder`, ...) named in
+    `target_layer_names` gets keras' adapter (`layer.enable_lora`): its kernel `W` acts as `W + alpha / rank *
     a @ b`, with `b` zero at first, and `a` and `b` are all that trains
     (biases stay frozen). keras factors the kernel's last axis: a
     projection kernel `(width, heads, head_size)` gets `a` of shape
@@ -529,8 +529,8 @@ def enable_lora(model, rank, target_names=None, alpha=None):
     Args:
         model: a built `keras.Model` holding our layers.
         rank: the adapters' rank, a positive integer.
-        target_names: names of the sublayers to adapt, each naming at
-            least one; default `LORA_TARGETS` (query and value).
+        target_layer_names: names of the sublayers to adapt, each naming
+            at least one; default `LORA_TARGETS` (query and value).
         alpha: the update is scaled by `alpha / rank`; default `rank`.
 
     Example (per block 2 adapted projections of `a` (8, 2, 2) and `b`
@@ -550,7 +550,7 @@ def enable_lora(model, rank, target_names=None, alpha=None):
         )
     rank = check_positive_int("rank", rank)
     alpha = check_positive_float("alpha", alpha, allow_none=True)
-    targets = _lora_targets(model, target_names)
+    targets = _lora_targets(model, target_layer_names)
     model.trainable = True
     for layer in model._flatten_layers(include_self=False):
         layer.trainable = False
@@ -562,17 +562,17 @@ def enable_lora(model, rank, target_names=None, alpha=None):
         enable_adapter(layer, rank, alpha)
 
 
-def _lora_targets(model, target_names):
-    """The sublayers of our layers in `model` named in `target_names`
+def _lora_targets(model, target_layer_names):
+    """The sublayers of our layers in `model` named in `target_layer_names`
     (default `LORA_TARGETS`), each name matching one at least."""
-    if target_names is None:
-        target_names = LORA_TARGETS
-    if not isinstance(target_names, (list, tuple)) or not all(
-        isinstance(name, str) for name in target_names
+    if target_layer_names is None:
+        target_layer_names = LORA_TARGETS
+    if not isinstance(target_layer_names, (list, tuple)) or not all(
+        isinstance(name, str) for name in target_layer_names
     ):
         raise TypeError(
-            "`target_names` must be a list of layer names. Received: "
-            f"target_names={target_names!r}"
+            "`target_layer_names` must be a list of layer names. Received: "
+            f"target_layer_names={target_layer_names!r}"
         )
     adaptable = {
         id(sublayer): sublayer
@@ -581,19 +581,19 @@ def _lora_targets(model, target_names):
         for sublayer in adaptable_sublayers(layer)
     }.values()
     available = sorted({sublayer.name for sublayer in adaptable})
-    unknown = [name for name in target_names if name not in available]
-    if unknown or not target_names:
+    unknown = [name for name in target_layer_names if name not in available]
+    if unknown or not target_layer_names:
         raise ValueError(
-            "`target_names` must name sublayers of the model's attention "
+            "`target_layer_names` must name sublayers of the model's attention "
             f"and encoder layers that take a LoRA adapter: {available}. "
-            f"Received: target_names={list(target_names)}"
+            f"Received: target_layer_names={list(target_layer_names)}"
         )
-    targets = [s for s in adaptable if s.name in target_names]
+    targets = [s for s in adaptable if s.name in target_layer_names]
     adapted = [s.path for s in targets if s.lora_enabled]
     if adapted:
         raise ValueError(
             f"LoRA is already enabled on {adapted}. Received: "
-            f"target_names={list(target_names)}"
+            f"target_layer_names={list(target_layer_names)}"
         )
     return targets
 

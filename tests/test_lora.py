@@ -103,7 +103,7 @@ def test_other_targets_and_alpha_round_trip(tmp_path):
     `a` drawn again: with both zero nothing would train)."""
     model = tiny_encoder()
     targets = ["feedforward_output_dense", "token_embedding"]
-    pretrained.enable_lora(model, RANK, target_names=targets, alpha=3.0)
+    pretrained.enable_lora(model, RANK, target_layer_names=targets, alpha=3.0)
     ffn, vocab = TINY_CONFIG["intermediate_size"], TINY_CONFIG["vocab_size"]
     dense = BLOCKS * (ffn * RANK + RANK * WIDTH)
     assert weight_count(model) == dense + vocab * RANK + RANK * WIDTH
@@ -145,14 +145,22 @@ def test_plain_config_has_no_lora_entry():
         ({"rank": 1.5}, ValueError, "Received: rank=1.5"),
         ({"rank": True}, ValueError, "Received: rank=True"),
         ({"alpha": 0}, ValueError, "`alpha` must be a positive number. "),
-        ({"target_names": "query"}, TypeError, "target_names='query'"),
-        ({"target_names": []}, ValueError, "Received: target_names=[]"),
         (
-            {"target_names": ["query", "keys"]},
+            {"target_layer_names": "query"},
+            TypeError,
+            "target_layer_names='query'",
+        ),
+        (
+            {"target_layer_names": []},
+            ValueError,
+            "Received: target_layer_names=[]",
+        ),
+        (
+            {"target_layer_names": ["query", "keys"]},
             ValueError,
             "'feedforward_intermediate_dense', 'feedforward_output_dense', "
             "'key', 'query', 'token_embedding', 'value']. "
-            "Received: target_names=['query', 'keys']",
+            "Received: target_layer_names=['query', 'keys']",
         ),
     ],
 )
@@ -170,9 +178,9 @@ def test_model_must_be_a_model_and_adapted_once():
         pretrained.enable_lora(model.get_layer("transformer_layer_0"), RANK)
     pretrained.enable_lora(model, RANK)
     with pytest.raises(ValueError, match="LoRA is already enabled on"):
-        pretrained.enable_lora(model, RANK, target_names=["value"])
+        pretrained.enable_lora(model, RANK, target_layer_names=["value"])
     # Other targets later: the first adapters keep training.
-    pretrained.enable_lora(model, RANK, target_names=["key"])
+    pretrained.enable_lora(model, RANK, target_layer_names=["key"])
     assert weight_count(model) == 400 + 200
 
 
