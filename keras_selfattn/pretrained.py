@@ -514,9 +514,10 @@ def enable_lora(model, rank, target_layer_names=None, alpha=None):
     (`MultiHeadAttention`, `TransformerEncoder`, ...) named in
     `target_layer_names` gets keras' adapter (`layer.enable_lora`): its
     kernel `W` acts as `W + alpha / rank * a @ b`, with `b` zero at
-    first, and `a` and `b` are all that trains (biases stay frozen). keras factors the kernel's last axis: a
-    projection kernel `(width, heads, head_size)` gets `a` of shape
-    `(width, heads, rank)` and `b` of shape `(rank, head_size)`. Any built
+    first, and `a` and `b` are all that trains (biases stay frozen).
+    keras factors the kernel's last axis: a projection kernel `(width,
+    heads, head_size)` gets `a` of shape `(width, heads, rank)` and `b`
+    of shape `(rank, head_size)`. Any built
     model of our layers works, such as `bert_encoder`'s; a head added
     around it afterwards trains in full.
 
