@@ -1,37 +1,78 @@
 """From the NER tagger's per-token scores to tags and entities: prediction
 in length buckets, decoding each sentence (Viterbi over valid IOB2 moves,
-or argmax), entity scores of a split, the validation-F1 callback, and
-tagging raw text with character offsets."""
+or argmax), entity scores of a split, and tagging raw text with character
+offsets.
 
-import keras
+The model is a `Tagger`: a function from a batch of inputs to outputs,
+with what decoding needs to know of it. The Keras model is one
+(`ner.keras_tagger`), an exported artifact in its runtime another
+(`served_tagger`, for `predict --artifact`). Pure Python and NumPy (and
+the tokenizer): no Keras.
+"""
+
+import collections
+
 import numpy as np
 
-from keras_selfattn import distribution, text
-from recipes import batching, crf, tagger_inputs, tagging
+from keras_selfattn import text
+from recipes import tagger_inputs, tagging
+
+Tagger = collections.namedtuple(
+    "Tagger", ["predict", "probabilities", "chain", "buckets"]
+)
+Tagger.__doc__ = """A tagger model as decoding runs it: `predict` maps a
+batch (a dict of arrays, see `tagger_inputs.model_inputs`) to per-token
+outputs `(rows, length, tags)`, softmax probabilities if `probabilities`,
+else a CRF's emissions; `chain` is `(transitions, start)` for Viterbi
+(see `tagging.viterbi_decode`); rows run padded to the length `buckets`
+(see `predict_outputs`)."""
+
+# What `export` writes beside an NER artifact: the data of `served_tagger`.
+DECODER_FILE = "decoding.json"
+# A CRF's learned scores in it, as `crf.LinearChainCRF.scores` orders them.
+CHAIN = ("transitions", "start")
 
 
-def chain_scores(model, tag_names):
-    """`(transitions, start)` for Viterbi: the CRF's learned scores, or
-    only the IOB2 constraints for a softmax tagger."""
-    layer = crf.find_crf(model)
-    if layer is None:
-        return tagging.constraint_scores(tag_names)
-    return layer.transition_scores()
+def decoder_settings(buckets, learned=None):
+    """The data of `DECODER_FILE`: the length `buckets`, and `learned`, a
+    CRF's `(transitions, start)` scores (None: a softmax tagger)."""
+    crf = None
+    if learned is not None:
+        crf = dict(zip(CHAIN, (np.asarray(s).tolist() for s in learned)))
+    return {"buckets": [int(size) for size in buckets], "crf": crf}
 
 
-def predict_scores(model, inputs, batch_size, buckets):
+def served_tagger(predict, tag_names, settings):
+    """The `Tagger` of an exported model that `predict` runs, from its
+    `decoder_settings`: Viterbi over the CRF's learned scores with the
+    moves IOB2 forbids at `-inf` (as `crf.LinearChainCRF` decodes them),
+    or over those constraints alone for a softmax tagger."""
+    crf = settings["crf"]
+    if crf is None:
+        chain = tagging.constraint_scores(tag_names)
+    else:
+        transitions, start = (np.asarray(crf[k], np.float32) for k in CHAIN)
+        chain = tagging.forbid_moves(
+            transitions, start, *tagging.allowed_transitions(tag_names)
+        )
+    return Tagger(predict, crf is None, chain, tuple(settings["buckets"]))
+
+
+def predict_scores(tagger, inputs, batch_size):
     """Per-token tag scores `(n, L, tags)` in log space (CRF emissions, or
-    log-probabilities) for the rows of `inputs`, run in length-sorted
-    batches padded to buckets (zeros beyond each bucket)."""
-    outputs = predict_outputs(model, inputs, batch_size, buckets)
-    if crf.find_crf(model) is None:
+    log-probabilities) for the rows of `inputs` (see `predict_outputs`)."""
+    outputs = predict_outputs(
+        tagger.predict, inputs, batch_size, tagger.buckets
+    )
+    if tagger.probabilities:
         outputs = np.log(np.maximum(outputs, 1e-12))
     return outputs
 
 
-def predict_outputs(model, inputs, batch_size, buckets):
-    """The model's outputs `(n, L, tags)` for the rows of `inputs`, run in
-    length-sorted batches padded to buckets (zeros beyond each bucket)."""
+def predict_outputs(predict, inputs, batch_size, buckets):
+    """The outputs `(n, L, tags)` of `predict` (a batch -> its outputs) for
+    the rows of `inputs`, run in length-sorted batches padded to buckets
+    (zeros beyond each bucket)."""
     ids = inputs["token_ids"]
     lengths = (ids != 0).sum(axis=1)
     order = np.argsort(lengths, kind="stable")
@@ -40,11 +81,7 @@ def predict_outputs(model, inputs, batch_size, buckets):
         rows = order[start : start + batch_size]
         bucket = int(np.searchsorted(buckets, lengths[rows].max()))
         width = buckets[min(bucket, len(buckets) - 1)]
-        batch = {name: a[rows, :width] for name, a in inputs.items()}
-        # Under --distribute a batch must split evenly over the devices.
-        batch = batching.pad_rows(batch, distribution.batch_shards())
-        outputs = keras.ops.convert_to_numpy(model.predict_on_batch(batch))
-        outputs = outputs[: len(rows)]
+        outputs = predict({name: a[rows, :width] for name, a in inputs.items()})
         if out is None:
             out = np.zeros((*ids.shape, outputs.shape[-1]), np.float32)
         out[rows, :width] = outputs
@@ -58,8 +95,8 @@ def decode_tags(
 
     Each word reads its first sub-token; each sentence of a row is decoded
     on its own, by Viterbi with `chain = (transitions, start)` (see
-    `chain_scores`) or, if `chain` is None, by argmax. Words truncated away
-    are tagged "O".
+    `Tagger`) or, if `chain` is None, by argmax. Words truncated away are
+    tagged "O".
     """
     outside = tag_names.index("O")
     positions = tagger_inputs.word_positions(word_ids, chunks, sentence_lengths)
@@ -80,12 +117,10 @@ def decode_tags(
     return tags
 
 
-def tag_prepared(model, prepared, tag_names, batch_size, buckets):
+def tag_prepared(tagger, prepared, tag_names, batch_size):
     """Predicted tags (Viterbi) of every sentence of a prepared split."""
-    scores = predict_scores(model, prepared.inputs, batch_size, buckets)
-    return decode_prepared(
-        scores, prepared, tag_names, chain_scores(model, tag_names)
-    )
+    scores = predict_scores(tagger, prepared.inputs, batch_size)
+    return decode_prepared(scores, prepared, tag_names, tagger.chain)
 
 
 def decode_prepared(scores, prepared, tag_names, chain):
@@ -100,35 +135,11 @@ def decode_prepared(scores, prepared, tag_names, chain):
     )
 
 
-class EntityF1(keras.callbacks.Callback):
-    """Adds `val_f1` (entity micro-F1 on the validation split, Viterbi
-    decoding) to the logs at the end of every epoch."""
-
-    def __init__(self, prepared, tag_names, batch_size, buckets):
-        super().__init__()
-        self.prepared, self.tag_names = prepared, tag_names
-        self.batch_size, self.buckets = batch_size, buckets
-
-    def on_epoch_end(self, epoch, logs=None):
-        predicted = tag_prepared(
-            self.model,
-            self.prepared,
-            self.tag_names,
-            self.batch_size,
-            self.buckets,
-        )
-        scores = tagging.entity_scores(
-            [tags for _, tags in self.prepared.sentences], predicted
-        )
-        logs["val_f1"] = scores["f1"]
-        print(f"epoch {epoch + 1}: validation entity F1 {scores['f1']:.4f}")
-
-
-def evaluate(model, prepared, tag_names, batch_size, buckets):
+def evaluate(tagger, prepared, tag_names, batch_size):
     """Entity scores of one split, with Viterbi and with argmax decoding."""
     true = [tags for _, tags in prepared.sentences]
-    scores = predict_scores(model, prepared.inputs, batch_size, buckets)
-    chains = {"viterbi": chain_scores(model, tag_names), "argmax": None}
+    scores = predict_scores(tagger, prepared.inputs, batch_size)
+    chains = {"viterbi": tagger.chain, "argmax": None}
     return {
         decoding: tagging.entity_scores(
             true, decode_prepared(scores, prepared, tag_names, chain)
@@ -137,26 +148,24 @@ def evaluate(model, prepared, tag_names, batch_size, buckets):
     }
 
 
-def tag_texts(model, tokenizer, tag_names, settings, texts):
+def tag_texts(tagger, tokenizer, tag_names, max_length, texts):
     """Entities of raw texts: per text, a list of `(type, start, end)`
     character offsets (end exclusive), from the tokenizer's word spans.
-    Each text is one row (its own context)."""
-    encoding = text.encode_text_words(
-        tokenizer, texts, max_length=settings.max_length
-    )
+    Each text is one row (its own context) of at most `max_length`
+    tokens."""
+    encoding = text.encode_text_words(tokenizer, texts, max_length=max_length)
     rows = [
         [t[a:b] for a, b in spans]
         for t, spans in zip(texts, encoding.word_spans)
     ]
     inputs = tagger_inputs.model_inputs(encoding, rows)
-    buckets = batching.bucket_lengths(settings.max_length, smallest=16)
     tags = decode_tags(
-        predict_scores(model, inputs, 64, buckets),
+        predict_scores(tagger, inputs, 64),
         encoding.word_ids,
         [[i] for i in range(len(rows))],
         [len(words) for words in rows],
         tag_names,
-        chain_scores(model, tag_names),
+        tagger.chain,
     )
     return [
         [

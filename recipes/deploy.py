@@ -5,13 +5,19 @@ tokenizer.json, and `predict --artifact` runs one in its own runtime.
         --format onnx                      # runs/sentiment/model.onnx
     python recipes/sentiment.py predict \\
         --artifact runs/sentiment/model.onnx "A warm, funny film."
+    python recipes/ner.py export --model-dir runs/ner   # + decoding.json
+    python recipes/ner.py predict \\
+        --artifact runs/ner/model.onnx "Angela Merkel visited Paris."
 
 Importing this module imports no Keras: `predict --artifact` runs on
 `tokenizers`, NumPy and the artifact's runtime alone (onnxruntime for
-ONNX), and starts in a fraction of the time a Keras backend takes.
+ONNX), and starts in a fraction of the time a Keras backend takes. A
+model's input is an array, or a dict of arrays by input name (the NER
+tagger's), each shaped `(batch, length, ...)`.
 """
 
 import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -74,35 +80,89 @@ def export_artifact(model, model_dir, format, sample):
 
 def export_options(model, format, sample):
     """The `model.export` options that keep the batch and length dynamic
-    where the backend's exporter can (see `export_artifact`)."""
+    where the backend's exporter can (see `export_artifact`); every input
+    of `sample` shares its batch and length axes."""
     import keras
 
     backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return {}
     if backend == "jax" and format == "tf_saved_model":
         # jax2tf cannot trace the gradient of a loop with a custom
         # gradient under symbolic shapes; a serving artifact needs none.
-        return {"jax2tf_kwargs": {"with_gradient": False}}
-    if backend != "torch":
-        return {}
+        shapes = _map_inputs(
+            lambda array, _: f"({', '.join(map(str, _axes(array)))})", sample
+        )
+        return {
+            "jax2tf_kwargs": {
+                "with_gradient": False,
+                "polymorphic_shapes": [shapes],
+            }
+        }
+    if backend == "jax":  # onnx
+        specs = _map_inputs(
+            lambda array, name: _NamedAxesSpec(
+                _axes(array), str(array.dtype), name
+            ),
+            sample,
+        )
+        return {"input_signature": [specs]}
     if format == "onnx":
-        sample = np.asarray(sample)
-        spec = keras.InputSpec(shape=sample.shape, dtype=str(sample.dtype))
-        return {"input_signature": [spec]}
+        specs = _map_inputs(
+            lambda array, name: keras.InputSpec(
+                shape=array.shape, dtype=str(array.dtype), name=name
+            ),
+            sample,
+        )
+        return {"input_signature": [specs]}
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH)
     length = Dim("length", min=2, max=MAX_LENGTH)
-    return {"dynamic_shapes": {0: batch, 1: length}}
+    axes = _map_inputs(lambda array, _: {0: batch, 1: length}, sample)
+    # keras' torch export passes the input as one positional argument.
+    return {"dynamic_shapes": [(axes,)]}
+
+
+def _axes(array):
+    """`("batch", "length", ...)`: an input's shape with its first two
+    axes named (the others keep their sizes)."""
+    return ("batch", "length", *array.shape[2:])
+
+
+@dataclasses.dataclass(frozen=True)
+class _NamedAxesSpec:
+    """An input as keras' JAX ONNX export reads one (`shape`, `dtype`,
+    `name`), its dynamic axes named in `shape`: jax2onnx gives the axes
+    of one name one size. keras names the `None` axes of each
+    `keras.InputSpec` apart, and the NER tagger, which concatenates
+    features of its two inputs, then fails to export ("all
+    non-concatenated dimensions must match")."""
+
+    shape: tuple
+    dtype: str
+    name: str | None = None
+
+
+def _map_inputs(function, inputs):
+    """`function(array, name)` over a model's input: each array of a dict
+    (by input name), or the one array (name None)."""
+    if isinstance(inputs, dict):
+        return {
+            name: function(np.asarray(a), name) for name, a in inputs.items()
+        }
+    return function(np.asarray(inputs), None)
 
 
 # ---------------------------------------------------------------- runtimes
 
 
 def load_artifact(path):
-    """A function mapping a NumPy input (the model's one input) to the
-    NumPy output of the exported model at `path`, run in its own runtime:
-    `.onnx` onnxruntime, `.tflite` the LiteRT interpreter, `.pt2`
-    `torch.export.load`, a directory TensorFlow's SavedModel."""
+    """A function mapping the model's input (an array, or a dict of
+    arrays by input name) to the NumPy output of the exported model at
+    `path`, run in its own runtime: `.onnx` onnxruntime, `.tflite` the
+    LiteRT interpreter, `.pt2` `torch.export.load`, a directory
+    TensorFlow's SavedModel."""
     path = Path(path)
     if path.suffix == ".onnx":
         return _onnx_runner(path)
@@ -124,31 +184,60 @@ def _onnx_runner(path):
     session = onnxruntime.InferenceSession(
         str(path), providers=["CPUExecutionProvider"]
     )
-    (given,) = session.get_inputs()
+    given = session.get_inputs()
+    names = [spec.name for spec in given]
 
     def run(inputs):
-        return session.run(None, {given.name: inputs})[0]
+        return session.run(None, _by_input_name(inputs, names))[0]
 
-    batch, length = given.shape[:2]
+    batch, length = given[0].shape[:2]
     if isinstance(batch, int) and isinstance(length, int):
         return lambda inputs: _run_fixed_shape(run, inputs, batch, length)
     return run
+
+
+def _by_input_name(inputs, names):
+    """`inputs` as a dict by the artifact's input `names`: a dict with
+    those keys, or one array for an artifact of one input."""
+    if not isinstance(inputs, dict) and len(names) == 1:
+        return {names[0]: inputs}
+    if not isinstance(inputs, dict) or sorted(inputs) != sorted(names):
+        raise ValueError(
+            f"The artifact's inputs are {sorted(names)}: `inputs` must be "
+            "a dict of arrays by these names (or one array for one input). "
+            f"Received: inputs of shapes {_shapes(inputs)}"
+        )
+    return inputs
+
+
+def _shapes(inputs):
+    return _map_inputs(lambda array, _: array.shape, inputs)
 
 
 def _run_fixed_shape(run, inputs, batch, length):
     """`run` on a `(batch, length)`-shaped artifact (torch's ONNX): rows
     padded with 0 (padding) to `length`, `batch` rows a call; a length
     axis of the outputs is cut back."""
-    rows, width = inputs.shape[:2]
+    first = next(iter(inputs.values())) if isinstance(inputs, dict) else inputs
+    rows, width = first.shape[:2]
     if width > length:
         raise ValueError(
             f"The artifact takes at most {length} tokens a row. Received: "
-            f"inputs.shape={inputs.shape}"
+            f"inputs of shapes {_shapes(inputs)}"
         )
-    padded = np.zeros((-(-rows // batch) * batch, length), inputs.dtype)
-    padded[:rows, :width] = inputs
+    total = -(-rows // batch) * batch
+
+    def pad(array, _):
+        padded = np.zeros((total, length, *array.shape[2:]), array.dtype)
+        padded[:rows, :width] = array
+        return padded
+
+    padded = _map_inputs(pad, inputs)
     outputs = np.concatenate(
-        [run(padded[i : i + batch]) for i in range(0, len(padded), batch)]
+        [
+            run(_map_inputs(lambda array, _: array[i : i + batch], padded))
+            for i in range(0, total, batch)
+        ]
     )[:rows]
     if outputs.ndim > 2 and outputs.shape[1] == length:
         outputs = outputs[:, :width]
@@ -161,6 +250,9 @@ def _litert_runner(path):
     interpreter = Interpreter(model_path=str(path))
 
     def run(inputs):
+        if isinstance(inputs, dict):  # by name, through the signature
+            (output,) = interpreter.get_signature_runner()(**inputs).values()
+            return output
         (given,) = interpreter.get_input_details()
         interpreter.resize_tensor_input(given["index"], inputs.shape)
         interpreter.allocate_tensors()
@@ -178,8 +270,9 @@ def _torch_runner(path):
     module = torch.export.load(str(path)).module()
 
     def run(inputs):
+        tensors = _map_inputs(lambda array, _: torch.from_numpy(array), inputs)
         with torch.no_grad():
-            return module(torch.from_numpy(inputs)).cpu().numpy()
+            return module(tensors).cpu().numpy()
 
     return run
 
@@ -225,8 +318,8 @@ def add_predict_arguments(parser, run_dir):
     parser.add_argument(
         "--artifact",
         help="run this exported model (see `export`) in its own runtime "
-        "instead of the Keras model; its folder holds the run's "
-        "tokenizer.json and metrics.json",
+        "instead of the Keras model; its folder holds the run's files "
+        "(tokenizer.json, metrics.json; NER: labels.json, decoding.json)",
     )
 
 
@@ -250,13 +343,18 @@ class ServedRun:
 
     def __init__(self, artifact):
         artifact = Path(artifact)
-        folder = artifact.parent
+        self.folder = artifact.parent
         self.text = text_module()
-        self.tokenizer = self.text.load_tokenizer(folder / "tokenizer.json")
-        metrics = json.loads((folder / "metrics.json").read_text())
-        self.metrics = metrics
-        self.settings = argparse.Namespace(**metrics["settings"])
+        self.tokenizer = self.text.load_tokenizer(
+            self.folder / "tokenizer.json"
+        )
+        self.metrics = self.read_json("metrics.json")
+        self.settings = argparse.Namespace(**self.metrics["settings"])
         self.run = load_artifact(artifact)
+
+    def read_json(self, name):
+        """The run's JSON file `name` (in the artifact's folder)."""
+        return json.loads((self.folder / name).read_text())
 
     def predict_rows(self, ids):
         """The model's outputs for `ids` (`(n, length)`, 0 = pad), cut to
@@ -295,3 +393,39 @@ def label_reviews(run, texts):
     probabilities = run.predict_rows(ids)[:, 0]
     labels = run.metrics["label_names"]
     return [review_line(labels, p, t) for p, t in zip(probabilities, texts)]
+
+
+# ---------------------------------------------------------------- ner
+
+
+def entity_lines(texts, entities):
+    """What the NER recipe's `predict` prints: each text, then a line
+    `<TAB>type<TAB>start<TAB>end<TAB>surface` an entity of it (character
+    offsets, end exclusive; `entities` as `decoding.tag_texts` gives
+    them)."""
+    lines = []
+    for raw, found in zip(texts, entities):
+        lines.append(raw)
+        lines += [
+            f"\t{kind}\t{start}\t{end}\t{raw[start:end]}"
+            for kind, start, end in found
+        ]
+    return lines
+
+
+def label_entities(run, texts):
+    """`predict --artifact` of the NER recipe: `entity_lines`, decoded as
+    the Keras model's are, from the artifact's outputs, labels.json and
+    what `export` wrote for decoding (`decoding.DECODER_FILE`)."""
+    # Imported once `ServedRun` has imported keras_selfattn.text alone
+    # (`text_module`): decoding imports it too.
+    from recipes import decoding
+
+    tag_names = run.read_json("labels.json")
+    tagger = decoding.served_tagger(
+        run.run, tag_names, run.read_json(decoding.DECODER_FILE)
+    )
+    entities = decoding.tag_texts(
+        tagger, run.tokenizer, tag_names, run.settings.max_length, texts
+    )
+    return entity_lines(texts, entities)

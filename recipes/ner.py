@@ -8,6 +8,9 @@
     python recipes/ner.py predict --model-dir runs/ner \\
         "Angela Merkel visited Paris."
     echo "EU rejects German call" | python recipes/ner.py predict
+    python recipes/ner.py export --model-dir runs/ner --format onnx
+    python recipes/ner.py predict --artifact runs/ner/model.onnx \\
+        "Angela Merkel visited Paris."             # onnxruntime only
     KERAS_BACKEND=jax python recipes/ner.py --distribute model --mesh 2,2
 
 Data: CoNLL-2003 English (14,041 / 3,250 / 3,453 sentences; PER, LOC,
@@ -42,13 +45,24 @@ Scores are CoNLL entity-level precision/recall/F1 (exact span and type),
 micro-averaged, with per-type figures. `--distribute data|model` trains on
 several devices through `keras.distribution` (JAX). Everything lands in
 `--output-dir`: model.keras, tokenizer.json, labels.json, metrics.json,
-learning_curves.png, history.csv and train.log.
+learning_curves.png, history.csv and train.log. `export` writes the
+model as an artifact beside them, with decoding.json (what decoding needs
+beyond labels.json), and `predict --artifact` tags with it.
 """
 
 if not __package__:  # run as a file: `python recipes/ner.py`
     import _launch
 
     _launch.run_as_module(__file__)
+
+import sys
+
+if __name__ == "__main__":  # `predict --artifact` imports no Keras
+    from recipes import deploy
+
+    if deploy.serving_requested(sys.argv[1:]):
+        deploy.serve(sys.argv[1:], "runs/ner", deploy.label_entities)
+        raise SystemExit(0)
 
 import json
 from pathlib import Path
@@ -57,13 +71,14 @@ import keras
 import numpy as np
 
 import keras_selfattn as ksa
-from keras_selfattn import text
+from keras_selfattn import distribution, text
 from recipes import (
     batching,
     cli,
     crf,
     data,
     decoding,
+    deploy,
     tagger_inputs,
     tagging,
     training,
@@ -233,7 +248,7 @@ def build_model(args, vocab_size, tag_names, encoder=None):
 
 def char_features(word_chars):
     """`(B, L, bytes)` byte ids -> `(B, L, CHAR_FILTERS)`: a width-3 CNN
-    over each token's word, max-pooled over the bytes."""
+    over each token's word, its maximum over the bytes."""
     chars = keras.layers.Embedding(
         tagger_inputs.NUM_CHAR_IDS, CHAR_DIM, name="char_embedding"
     )(word_chars)
@@ -244,10 +259,9 @@ def char_features(word_chars):
         activation="relu",
         name="char_conv",
     )(chars)
-    chars = keras.layers.MaxPooling2D(
-        (1, tagger_inputs.MAX_WORD_BYTES), name="char_pool"
-    )(chars)
-    return keras.layers.Reshape((-1, CHAR_FILTERS), name="char_features")(chars)
+    # A reduction, not `MaxPooling2D`: jax2onnx writes that as a MaxPool
+    # over 4 axes, which onnxruntime cannot run.
+    return keras.ops.max(chars, axis=2)
 
 
 def scratch_encoder(token_ids, chars, vocab_size, args):
@@ -272,6 +286,57 @@ def scratch_encoder(token_ids, chars, vocab_size, args):
     x = keras.layers.LayerNormalization(name="embedding_norm")(x)
     x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
     return training.encoder_blocks(x, args, padding_mask)
+
+
+# ---------------------------------------------------------------- decode
+
+
+def length_buckets(max_length):
+    """The row lengths batches are padded to (`batching.bucket_lengths`)."""
+    return batching.bucket_lengths(max_length, smallest=16)
+
+
+def keras_tagger(model, tag_names, buckets):
+    """The Keras `model` as `decoding` runs it (a `decoding.Tagger`), its
+    batches padded to split evenly over the devices (`--distribute`);
+    Viterbi reads the CRF's learned scores, or only the IOB2 constraints
+    for a softmax tagger."""
+
+    def predict(batch):
+        rows = len(batch["token_ids"])
+        batch = batching.pad_rows(batch, distribution.batch_shards())
+        outputs = model.predict_on_batch(batch)
+        return keras.ops.convert_to_numpy(outputs)[:rows]
+
+    layer = crf.find_crf(model)
+    if layer is None:
+        chain = tagging.constraint_scores(tag_names)
+    else:
+        chain = layer.transition_scores()
+    return decoding.Tagger(predict, layer is None, chain, buckets)
+
+
+class EntityF1(keras.callbacks.Callback):
+    """Adds `val_f1` (entity micro-F1 on the validation split, Viterbi
+    decoding) to the logs at the end of every epoch."""
+
+    def __init__(self, prepared, tag_names, batch_size, buckets):
+        super().__init__()
+        self.prepared, self.tag_names = prepared, tag_names
+        self.batch_size, self.buckets = batch_size, buckets
+
+    def on_epoch_end(self, epoch, logs=None):
+        predicted = decoding.tag_prepared(
+            keras_tagger(self.model, self.tag_names, self.buckets),
+            self.prepared,
+            self.tag_names,
+            self.batch_size,
+        )
+        scores = tagging.entity_scores(
+            [tags for _, tags in self.prepared.sentences], predicted
+        )
+        logs["val_f1"] = scores["f1"]
+        print(f"epoch {epoch + 1}: validation entity F1 {scores['f1']:.4f}")
 
 
 # ---------------------------------------------------------------- train
@@ -314,7 +379,7 @@ def train(args):
             f"the {args.max_length}-token limit: {truncated}"
         )
 
-    buckets = batching.bucket_lengths(args.max_length, smallest=16)
+    buckets = length_buckets(args.max_length)
     augment = None
     if args.word_dropout > 0:
         augment = word_dropout(args.word_dropout, tokenizer)
@@ -339,7 +404,7 @@ def train(args):
         weight_decay=args.weight_decay,
         loss=loss,
     )
-    validation_f1 = decoding.EntityF1(
+    validation_f1 = EntityF1(
         splits["validation"], tag_names, run.eval_batch_size, buckets
     )
     history = run.fit(
@@ -352,9 +417,10 @@ def train(args):
     )
 
     with run.phase("evaluate"):
+        tagger = keras_tagger(model, tag_names, buckets)
         scores = {
             name: decoding.evaluate(
-                model, splits[name], tag_names, run.eval_batch_size, buckets
+                tagger, splits[name], tag_names, run.eval_batch_size
             )
             for name in ("validation", "test")
         }
@@ -404,25 +470,48 @@ def train(args):
 
 
 def predict(args):
-    if args.artifact:
-        raise SystemExit(
-            "predict --artifact serves the sentiment recipe's artifacts; "
-            "an NER artifact runs with recipes.deploy.load_artifact on "
-            "the tagger's inputs (see README, Deploy)"
-        )
-    model_dir = Path(args.model_dir)
-    model, tokenizer, _, settings = training.load_run(model_dir)
-    tag_names = json.loads((model_dir / "labels.json").read_text())
     texts = cli.input_texts(args.texts)
-    entities = decoding.tag_texts(model, tokenizer, tag_names, settings, texts)
-    for raw, found in zip(texts, entities):
-        print(raw)
-        for kind, start, end in found:
-            print(f"\t{kind}\t{start}\t{end}\t{raw[start:end]}")
+    if args.artifact:  # from `main()`; as a script, the file's top serves it
+        lines = deploy.label_entities(deploy.ServedRun(args.artifact), texts)
+    else:
+        lines = label_texts(args.model_dir, texts)
+    print("\n".join(lines))
+
+
+def label_texts(model_dir, texts):
+    """`predict`'s lines (`deploy.entity_lines`) for `texts`, tagged by
+    the Keras model of the run in `model_dir`."""
+    model, tokenizer, _, settings = training.load_run(model_dir)
+    tag_names = json.loads((Path(model_dir) / "labels.json").read_text())
+    tagger = keras_tagger(model, tag_names, length_buckets(settings.max_length))
+    entities = decoding.tag_texts(
+        tagger, tokenizer, tag_names, settings.max_length, texts
+    )
+    return deploy.entity_lines(texts, entities)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export(args):
+    """`export`: the artifact (`training.export_run`) and, beside it,
+    `decoding.DECODER_FILE`, what `predict --artifact` decodes with."""
+    return training.export_run(args, files=decoder_files)
+
+
+def decoder_files(model, settings):
+    """`{decoding.DECODER_FILE: data}`: the length buckets, and the CRF's
+    learned transition and start scores (none for a softmax tagger)."""
+    layer = crf.find_crf(model)
+    learned = None
+    if layer is not None:
+        learned = [keras.ops.convert_to_numpy(s) for s in layer.scores()]
+    buckets = length_buckets(settings.max_length)
+    return {decoding.DECODER_FILE: decoding.decoder_settings(buckets, learned)}
 
 
 def main(argv=None):
-    cli.run(parse_args(argv), train, predict, training.export_run)
+    cli.run(parse_args(argv), train, predict, export)
 
 
 if __name__ == "__main__":

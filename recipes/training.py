@@ -276,22 +276,37 @@ def check_reload(model, path, inputs, tolerance=1e-5):
         raise RuntimeError(f"Reloaded model predicts differently: {diff}")
 
 
-def export_run(args):
+def export_run(args, files=None):
     """The `export` command: the run in `--model-dir` written as a
     `--format` artifact beside its tokenizer.json (`recipes.deploy`),
     with dynamic batch and length where the backend's exporter allows
-    (torch's ONNX takes `EXPORT_BATCH` rows of `--max-length` tokens)."""
+    (torch's ONNX takes `export_sample`'s shape). `files(model,
+    settings)`, if given, returns more JSON files (name -> data) that
+    serving reads, written beside the artifact."""
     model, _, _, settings = load_run(args.model_dir)
-    sample = np.ones((EXPORT_BATCH, settings.max_length), "int32")
+    sample = export_sample(model, settings.max_length)
     path = deploy.export_artifact(model, args.model_dir, args.format, sample)
+    written = files(model, settings) if files else {}
+    for name, data in written.items():
+        reporting.write_json(data, Path(args.model_dir) / name)
     size = sum(
         f.stat().st_size for f in [path, *path.rglob("*")] if f.is_file()
     )
+    beside = "".join(f" and {name}" for name in written)
     print(
-        f"wrote {path} ({args.format}, {size / 2**20:.1f} MiB); serve it "
-        f"with: predict --artifact {path}"
+        f"wrote {path} ({args.format}, {size / 2**20:.1f} MiB){beside}; "
+        f"serve it with: predict --artifact {path}"
     )
     return path
+
+
+def export_sample(model, max_length):
+    """Ones shaped like the model's input (`model.input`: one input, or a
+    dict of them by name), `EXPORT_BATCH` rows of `max_length` tokens."""
+    return keras.tree.map_structure(
+        lambda x: np.ones((EXPORT_BATCH, max_length, *x.shape[2:]), x.dtype),
+        model.input,
+    )
 
 
 def load_run(model_dir):

@@ -191,6 +191,22 @@ def reload_difference(stdout):
     return float(match.group(1))
 
 
+# `run_script("-c", [FRAMEWORKS_PROBE, FILE, *ARGS])` runs a recipe file as
+# `python FILE ARGS...` would, then prints the frameworks the process
+# imported ("frameworks: []" when none).
+FRAMEWORKS_PROBE = """
+import os, runpy, sys
+sys.argv = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))
+try:
+    runpy.run_path(sys.argv[0], run_name="__main__")
+except SystemExit:
+    pass
+frameworks = ("keras", "tensorflow", "jax", "torch")
+print("frameworks:", [name for name in frameworks if name in sys.modules])
+"""
+
+
 def run_script(script, args, backend=BACKEND, stdin=None):
     """Run a recipe script in a fresh process under `backend`; asserts it
     succeeds and returns its stdout."""

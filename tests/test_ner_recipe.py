@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from support import (
     BACKEND,
+    FRAMEWORKS_PROBE,
     other_backends,
     reload_difference,
     run_script,
@@ -163,6 +164,66 @@ def test_predict_prints_entities_with_character_offsets(trained):
         run(["predict", "--model-dir", str(out)], stdin="\n".join(texts))
     )
     assert from_stdin == entities
+
+
+def test_exported_artifact_tags_without_keras(trained):
+    """`export`, then `predict --artifact` in a fresh process: the Keras
+    model's entities, from tokenizers, NumPy and onnxruntime alone (and
+    the CRF's learned transitions, which `export` writes beside the
+    artifact)."""
+    from recipes import decoding, ner
+
+    out, _ = trained
+    texts = [
+        "John Smith said Reuters fell in Lima .",
+        "Ingrid Berg visited Quito.",
+    ]
+    expected = ner.label_texts(out, texts)
+    stdout = run(["export", "--model-dir", str(out), "--format", "onnx"])
+    artifact = out / "model.onnx"
+    assert str(artifact) in stdout and artifact.stat().st_size > 0
+    decoder = json.loads((out / decoding.DECODER_FILE).read_text())
+    assert decoder["crf"] is not None  # --init none: a CRF tagger
+    served = run_script(
+        "-c",
+        [FRAMEWORKS_PROBE, str(RECIPE), "predict", "--artifact", str(artifact)]
+        + texts,
+    ).splitlines()
+    assert served[:-1] == expected
+    assert all(parse_entities("\n".join(expected)))  # entities in each
+    assert served[-1] == "frameworks: []"
+
+
+def test_decoder_file_gives_the_keras_viterbi_chain():
+    """What `export` writes for decoding, read back as `predict
+    --artifact` reads it: the Keras tagger's chain and outputs, for a CRF
+    (learned scores) and a softmax tagger (IOB2 constraints only)."""
+    import argparse
+
+    import keras
+
+    from recipes import crf, decoding, ner, tagging
+
+    tags = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
+    scores = keras.Input((None, len(tags)))
+    layer = crf.LinearChainCRF(*tagging.allowed_transitions(tags))
+    rng = np.random.default_rng(0)
+    layer.transitions.assign(rng.normal(size=(5, 5)).astype("float32"))
+    layer.start.assign(rng.normal(size=5).astype("float32"))
+    softmax = keras.layers.Softmax()
+    settings = argparse.Namespace(max_length=64)
+    for model, probabilities in (
+        (keras.Model(scores, layer(scores)), False),
+        (keras.Model(scores, softmax(scores)), True),
+    ):
+        files = ner.decoder_files(model, settings)
+        data = json.loads(json.dumps(files[decoding.DECODER_FILE]))
+        served = decoding.served_tagger(None, tags, data)
+        tagger = ner.keras_tagger(model, tags, ner.length_buckets(64))
+        assert served.probabilities == tagger.probabilities == probabilities
+        assert served.buckets == tuple(tagger.buckets) == (16, 32, 64)
+        for ours, theirs in zip(served.chain, tagger.chain):
+            np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize("other", other_backends()[1:2])

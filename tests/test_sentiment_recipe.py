@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from support import (
     BACKEND,
+    FRAMEWORKS_PROBE,
     other_backends,
     reload_difference,
     run_script,
@@ -119,21 +120,6 @@ def test_explain_writes_a_heat_map(trained):
     out, _ = trained
     stdout = run(["predict", "--explain", "--model-dir", str(out), "dull film"])
     assert (out / "explain_0.png").stat().st_size > 0, stdout
-
-
-# Runs a recipe file as `python FILE ARGS...` would, then names the
-# frameworks the process imported.
-FRAMEWORKS_PROBE = """
-import os, runpy, sys
-sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(sys.argv[0]))
-try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
-except SystemExit:
-    pass
-frameworks = ("keras", "tensorflow", "jax", "torch")
-print("frameworks:", [name for name in frameworks if name in sys.modules])
-"""
 
 
 def test_exported_artifact_predicts_without_keras(trained):
