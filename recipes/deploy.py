@@ -17,6 +17,7 @@ tagger's), each shaped `(batch, length, ...)`.
 """
 
 import argparse
+import functools
 import dataclasses
 import importlib
 import importlib.util
@@ -69,13 +70,49 @@ def export_artifact(model, model_dir, format, sample):
     if not model._called:  # a loaded model: keras exports called ones
         model(sample)
     options = export_options(model, format, sample)
+    if backend == "tensorflow" and format == "onnx":
+        _teach_tf2onnx_erfc()
     path = Path(model_dir) / ARTIFACTS[format]
-    atomic_write(
-        path,
-        lambda tmp: model.export(tmp, format=format, verbose=False, **options),
-        directory=format == "tf_saved_model",
-    )
+
+    def write(tmp):
+        model.export(tmp, format=format, verbose=False, **options)
+        if format == "onnx":
+            _inline_external_data(tmp)
+
+    atomic_write(path, write, directory=format == "tf_saved_model")
     return path
+
+
+@functools.cache
+def _teach_tf2onnx_erfc():
+    """Let tf2onnx convert TensorFlow's `Erfc` as `1 - Erf`: TensorFlow's
+    exact GELU (`activation="gelu"`) computes it, and tf2onnx 1.17 has
+    no handler for it ("No Op registered for Erfc" in onnxruntime)."""
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
+            one = ctx.make_const(utils.make_name("one"), np.array(1, dtype))
+            ctx.insert_new_node_on_output(
+                "Sub", node.output[0], inputs=[one.output[0], node.output[0]]
+            )
+
+
+def _inline_external_data(path):
+    """Move the weights that jax2onnx writes beside an ONNX file (to
+    `<path>.data`, named after the temporary path) into the file: the
+    artifact is then one file (up to protobuf's 2 GiB)."""
+    import onnx
+
+    data = Path(f"{path}.data")
+    if data.exists():
+        onnx.save_model(onnx.load(str(path)), str(path))
+        data.unlink()
 
 
 def export_options(model, format, sample):

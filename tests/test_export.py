@@ -9,6 +9,8 @@ padding mask (`mask_zero`), a causal band over two query blocks and
 grouped key/value heads, so one export per format covers them.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from support import BACKEND
@@ -46,7 +48,12 @@ def build_model():
     )
     for path in PATHS:
         x = ksa.TransformerEncoder(
-            2, 32, num_key_value_heads=1, implementation=path, name=path
+            2,
+            32,
+            num_key_value_heads=1,
+            activation="gelu",  # exact GELU: TensorFlow computes erfc
+            implementation=path,
+            name=path,
         )(x)
     x = ksa.MultiHeadAttention(
         2, 8, sliding_window=100, implementation=PATHS[-1], name="band"
@@ -78,9 +85,15 @@ def test_failed_export_keeps_the_earlier_artifact(tmp_path):
     format = deploy.FORMATS_BY_BACKEND[BACKEND][0]
     artifact = tmp_path / deploy.ARTIFACTS[format]
     artifact.write_bytes(b"an earlier artifact")
-    unbuilt = keras.Sequential([keras.layers.Dense(1)])
-    with pytest.raises(Exception):
-        deploy.export_artifact(unbuilt, tmp_path, format, np.zeros((1, 2)))
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+
+    def export_half_then_fail(path, **options):
+        Path(path).write_bytes(b"half an artifact")
+        raise RuntimeError("the converter failed")
+
+    model.export = export_half_then_fail
+    with pytest.raises(RuntimeError, match="the converter failed"):
+        deploy.export_artifact(model, tmp_path, format, np.zeros((1, 2)))
     assert artifact.read_bytes() == b"an earlier artifact"
     assert [p.name for p in tmp_path.iterdir()] == [artifact.name]
 
