@@ -17,8 +17,8 @@ tagger's), each shaped `(batch, length, ...)`.
 """
 
 import argparse
-import functools
 import dataclasses
+import functools
 import importlib
 import importlib.util
 import json
