@@ -27,7 +27,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from recipes import batching, data, deploy, training
+from recipes import batching, data, deploy, exporting, training
 from recipes.sentiment import encode
 
 
@@ -100,7 +100,7 @@ def main(argv=None):
     artifact = model_dir / deploy.ARTIFACTS["onnx"]
     if not artifact.exists():
         sample = training.export_sample(model, settings.max_length)
-        deploy.export_artifact(model, model_dir, "onnx", sample)
+        exporting.export_artifact(model, model_dir, "onnx", sample)
     variants["onnx (onnxruntime)"] = deploy.load_artifact(artifact)
     sizes["onnx (onnxruntime)"] = artifact.stat().st_size / 2**20
 

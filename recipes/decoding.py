@@ -5,7 +5,7 @@ offsets.
 
 The model is a `Tagger`: a function from a batch of inputs to outputs,
 with what decoding needs to know of it. The Keras model is one
-(`ner.keras_tagger`), an exported artifact in its runtime another
+(`keras_tagging.keras_tagger`), an exported artifact in its runtime another
 (`served_tagger`, for `predict --artifact`). Pure Python and NumPy (and
 the tokenizer): no Keras.
 """

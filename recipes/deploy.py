@@ -1,5 +1,5 @@
-"""Deploying a trained recipe model: `export` writes an artifact beside
-tokenizer.json, and `predict --artifact` runs one in its own runtime.
+"""Serving a trained recipe model's artifact (written by `export`, see
+`recipes/exporting.py`): `predict --artifact` runs it in its own runtime.
 
     python recipes/sentiment.py export --model-dir runs/sentiment \\
         --format onnx                      # runs/sentiment/model.onnx
@@ -17,8 +17,6 @@ tagger's), each shaped `(batch, length, ...)`.
 """
 
 import argparse
-import dataclasses
-import functools
 import importlib
 import importlib.util
 import json
@@ -40,148 +38,10 @@ FORMATS_BY_BACKEND = {
     "jax": ("onnx", "tf_saved_model"),
     "torch": ("onnx", "torch"),
 }
-# torch.export and torch's ONNX export need bounds on the dynamic sizes.
-MAX_BATCH, MAX_LENGTH = 1024, 8192
+# ---------------------------------------------------------------- runtimes
 
 
-# ---------------------------------------------------------------- export
-
-
-def export_artifact(model, model_dir, format, sample):
-    """Export `model` to `<model_dir>/<ARTIFACTS[format]>` (written
-    atomically: a failed export leaves an earlier artifact as it was).
-
-    The batch and length axes stay dynamic, except in torch's ONNX
-    export, where keras' own layers cannot keep them
-    (`keras.layers.LayerNormalization` fails to trace): there the
-    artifact takes the shape of `sample`, on which a model never called
-    (a loaded one) is called first. Returns the artifact's path.
-    """
-    import keras
-
-    from keras_selfattn.downloads import atomic_write
-
-    backend = keras.backend.backend()
-    if format not in FORMATS_BY_BACKEND[backend]:
-        raise ValueError(
-            f"`format` must be one of {FORMATS_BY_BACKEND[backend]} on the "
-            f"{backend} backend. Received: format={format!r}"
-        )
-    if not model._called:  # a loaded model: keras exports called ones
-        model(sample)
-    options = export_options(model, format, sample)
-    if backend == "tensorflow" and format == "onnx":
-        _teach_tf2onnx_erfc()
-    path = Path(model_dir) / ARTIFACTS[format]
-
-    def write(tmp):
-        model.export(tmp, format=format, verbose=False, **options)
-        if format == "onnx":
-            _inline_external_data(tmp)
-
-    atomic_write(path, write, directory=format == "tf_saved_model")
-    return path
-
-
-@functools.cache
-def _teach_tf2onnx_erfc():
-    """Let tf2onnx convert TensorFlow's `Erfc` as `1 - Erf`: TensorFlow's
-    exact GELU (`activation="gelu"`) computes it, and tf2onnx 1.17 has
-    no handler for it ("No Op registered for Erfc" in onnxruntime)."""
-    from tf2onnx import utils
-    from tf2onnx.handler import tf_op
-
-    @tf_op("Erfc")
-    class Erfc:
-        @classmethod
-        def version_9(cls, ctx, node, **kwargs):
-            node.type = "Erf"
-            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.output[0]))
-            one = ctx.make_const(utils.make_name("one"), np.array(1, dtype))
-            ctx.insert_new_node_on_output(
-                "Sub", node.output[0], inputs=[one.output[0], node.output[0]]
-            )
-
-
-def _inline_external_data(path):
-    """Move the weights that jax2onnx writes beside an ONNX file (to
-    `<path>.data`, named after the temporary path) into the file: the
-    artifact is then one file (up to protobuf's 2 GiB)."""
-    import onnx
-
-    data = Path(f"{path}.data")
-    if data.exists():
-        onnx.save_model(onnx.load(str(path)), str(path))
-        data.unlink()
-
-
-def export_options(model, format, sample):
-    """The `model.export` options that keep the batch and length dynamic
-    where the backend's exporter can (see `export_artifact`); every input
-    of `sample` shares its batch and length axes."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        return {}
-    if backend == "jax" and format == "tf_saved_model":
-        # jax2tf cannot trace the gradient of a loop with a custom
-        # gradient under symbolic shapes; a serving artifact needs none.
-        shapes = _map_inputs(
-            lambda array, _: f"({', '.join(map(str, _axes(array)))})", sample
-        )
-        return {
-            "jax2tf_kwargs": {
-                "with_gradient": False,
-                "polymorphic_shapes": [shapes],
-            }
-        }
-    if backend == "jax":  # onnx
-        specs = _map_inputs(
-            lambda array, name: _NamedAxesSpec(
-                _axes(array), str(array.dtype), name
-            ),
-            sample,
-        )
-        return {"input_signature": [specs]}
-    if format == "onnx":
-        specs = _map_inputs(
-            lambda array, name: keras.InputSpec(
-                shape=array.shape, dtype=str(array.dtype), name=name
-            ),
-            sample,
-        )
-        return {"input_signature": [specs]}
-    from torch.export import Dim
-
-    batch = Dim("batch", min=1, max=MAX_BATCH)
-    length = Dim("length", min=2, max=MAX_LENGTH)
-    axes = _map_inputs(lambda array, _: {0: batch, 1: length}, sample)
-    # keras' torch export passes the input as one positional argument.
-    return {"dynamic_shapes": [(axes,)]}
-
-
-def _axes(array):
-    """`("batch", "length", ...)`: an input's shape with its first two
-    axes named (the others keep their sizes)."""
-    return ("batch", "length", *array.shape[2:])
-
-
-@dataclasses.dataclass(frozen=True)
-class _NamedAxesSpec:
-    """An input as keras' JAX ONNX export reads one (`shape`, `dtype`,
-    `name`), its dynamic axes named in `shape`: jax2onnx gives the axes
-    of one name one size. keras names the `None` axes of each
-    `keras.InputSpec` apart, and the NER tagger, which concatenates
-    features of its two inputs, then fails to export ("all
-    non-concatenated dimensions must match")."""
-
-    shape: tuple
-    dtype: str
-    name: str | None = None
-
-
-def _map_inputs(function, inputs):
+def map_inputs(function, inputs):
     """`function(array, name)` over a model's input: each array of a dict
     (by input name), or the one array (name None)."""
     if isinstance(inputs, dict):
@@ -189,9 +49,6 @@ def _map_inputs(function, inputs):
             name: function(np.asarray(a), name) for name, a in inputs.items()
         }
     return function(np.asarray(inputs), None)
-
-
-# ---------------------------------------------------------------- runtimes
 
 
 def load_artifact(path):
@@ -248,7 +105,7 @@ def _by_input_name(inputs, names):
 
 
 def _shapes(inputs):
-    return _map_inputs(lambda array, _: array.shape, inputs)
+    return map_inputs(lambda array, _: array.shape, inputs)
 
 
 def _run_fixed_shape(run, inputs, batch, length):
@@ -269,10 +126,10 @@ def _run_fixed_shape(run, inputs, batch, length):
         padded[:rows, :width] = array
         return padded
 
-    padded = _map_inputs(pad, inputs)
+    padded = map_inputs(pad, inputs)
     outputs = np.concatenate(
         [
-            run(_map_inputs(lambda array, _: array[i : i + batch], padded))
+            run(map_inputs(lambda array, _: array[i : i + batch], padded))
             for i in range(0, total, batch)
         ]
     )[:rows]
@@ -307,7 +164,7 @@ def _torch_runner(path):
     module = torch.export.load(str(path)).module()
 
     def run(inputs):
-        tensors = _map_inputs(lambda array, _: torch.from_numpy(array), inputs)
+        tensors = map_inputs(lambda array, _: torch.from_numpy(array), inputs)
         with torch.no_grad():
             return module(tensors).cpu().numpy()
 

@@ -71,14 +71,14 @@ import keras
 import numpy as np
 
 import keras_selfattn as ksa
-from keras_selfattn import distribution, text
+from keras_selfattn import text
 from recipes import (
-    batching,
     cli,
     crf,
     data,
     decoding,
     deploy,
+    keras_tagging,
     tagger_inputs,
     tagging,
     training,
@@ -288,57 +288,6 @@ def scratch_encoder(token_ids, chars, vocab_size, args):
     return training.encoder_blocks(x, args, padding_mask)
 
 
-# ---------------------------------------------------------------- decode
-
-
-def length_buckets(max_length):
-    """The row lengths batches are padded to (`batching.bucket_lengths`)."""
-    return batching.bucket_lengths(max_length, smallest=16)
-
-
-def keras_tagger(model, tag_names, buckets):
-    """The Keras `model` as `decoding` runs it (a `decoding.Tagger`), its
-    batches padded to split evenly over the devices (`--distribute`);
-    Viterbi reads the CRF's learned scores, or only the IOB2 constraints
-    for a softmax tagger."""
-
-    def predict(batch):
-        rows = len(batch["token_ids"])
-        batch = batching.pad_rows(batch, distribution.batch_shards())
-        outputs = model.predict_on_batch(batch)
-        return keras.ops.convert_to_numpy(outputs)[:rows]
-
-    layer = crf.find_crf(model)
-    if layer is None:
-        chain = tagging.constraint_scores(tag_names)
-    else:
-        chain = layer.transition_scores()
-    return decoding.Tagger(predict, layer is None, chain, buckets)
-
-
-class EntityF1(keras.callbacks.Callback):
-    """Adds `val_f1` (entity micro-F1 on the validation split, Viterbi
-    decoding) to the logs at the end of every epoch."""
-
-    def __init__(self, prepared, tag_names, batch_size, buckets):
-        super().__init__()
-        self.prepared, self.tag_names = prepared, tag_names
-        self.batch_size, self.buckets = batch_size, buckets
-
-    def on_epoch_end(self, epoch, logs=None):
-        predicted = decoding.tag_prepared(
-            keras_tagger(self.model, self.tag_names, self.buckets),
-            self.prepared,
-            self.tag_names,
-            self.batch_size,
-        )
-        scores = tagging.entity_scores(
-            [tags for _, tags in self.prepared.sentences], predicted
-        )
-        logs["val_f1"] = scores["f1"]
-        print(f"epoch {epoch + 1}: validation entity F1 {scores['f1']:.4f}")
-
-
 # ---------------------------------------------------------------- train
 
 
@@ -379,7 +328,7 @@ def train(args):
             f"the {args.max_length}-token limit: {truncated}"
         )
 
-    buckets = length_buckets(args.max_length)
+    buckets = keras_tagging.length_buckets(args.max_length)
     augment = None
     if args.word_dropout > 0:
         augment = word_dropout(args.word_dropout, tokenizer)
@@ -404,7 +353,7 @@ def train(args):
         weight_decay=args.weight_decay,
         loss=loss,
     )
-    validation_f1 = EntityF1(
+    validation_f1 = keras_tagging.EntityF1(
         splits["validation"], tag_names, run.eval_batch_size, buckets
     )
     history = run.fit(
@@ -417,7 +366,7 @@ def train(args):
     )
 
     with run.phase("evaluate"):
-        tagger = keras_tagger(model, tag_names, buckets)
+        tagger = keras_tagging.keras_tagger(model, tag_names, buckets)
         scores = {
             name: decoding.evaluate(
                 tagger, splits[name], tag_names, run.eval_batch_size
@@ -483,7 +432,8 @@ def label_texts(model_dir, texts):
     the Keras model of the run in `model_dir`."""
     model, tokenizer, _, settings = training.load_run(model_dir)
     tag_names = json.loads((Path(model_dir) / "labels.json").read_text())
-    tagger = keras_tagger(model, tag_names, length_buckets(settings.max_length))
+    buckets = keras_tagging.length_buckets(settings.max_length)
+    tagger = keras_tagging.keras_tagger(model, tag_names, buckets)
     entities = decoding.tag_texts(
         tagger, tokenizer, tag_names, settings.max_length, texts
     )
@@ -496,18 +446,7 @@ def label_texts(model_dir, texts):
 def export(args):
     """`export`: the artifact (`training.export_run`) and, beside it,
     `decoding.DECODER_FILE`, what `predict --artifact` decodes with."""
-    return training.export_run(args, files=decoder_files)
-
-
-def decoder_files(model, settings):
-    """`{decoding.DECODER_FILE: data}`: the length buckets, and the CRF's
-    learned transition and start scores (none for a softmax tagger)."""
-    layer = crf.find_crf(model)
-    learned = None
-    if layer is not None:
-        learned = [keras.ops.convert_to_numpy(s) for s in layer.scores()]
-    buckets = length_buckets(settings.max_length)
-    return {decoding.DECODER_FILE: decoding.decoder_settings(buckets, learned)}
+    return training.export_run(args, files=keras_tagging.decoder_files)
 
 
 def main(argv=None):

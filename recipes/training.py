@@ -31,7 +31,7 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import distribution, pretrained, text
 from keras_selfattn.downloads import atomic_write
-from recipes import BACKEND_NOTE, batching, deploy, distributed, reporting
+from recipes import BACKEND_NOTE, batching, distributed, exporting, reporting
 
 
 # Rows a batch of torch's ONNX artifacts, whose shape is fixed.
@@ -278,14 +278,14 @@ def check_reload(model, path, inputs, tolerance=1e-5):
 
 def export_run(args, files=None):
     """The `export` command: the run in `--model-dir` written as a
-    `--format` artifact beside its tokenizer.json (`recipes.deploy`),
+    `--format` artifact beside its tokenizer.json (`recipes.exporting`),
     with dynamic batch and length where the backend's exporter allows
     (torch's ONNX takes `export_sample`'s shape). `files(model,
     settings)`, if given, returns more JSON files (name -> data) that
     serving reads, written beside the artifact."""
     model, _, _, settings = load_run(args.model_dir)
     sample = export_sample(model, settings.max_length)
-    path = deploy.export_artifact(model, args.model_dir, args.format, sample)
+    path = exporting.export_artifact(model, args.model_dir, args.format, sample)
     written = files(model, settings) if files else {}
     for name, data in written.items():
         reporting.write_json(data, Path(args.model_dir) / name)

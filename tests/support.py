@@ -191,29 +191,38 @@ def reload_difference(stdout):
     return float(match.group(1))
 
 
-# `run_script("-c", [FRAMEWORKS_PROBE, FILE, *ARGS])` runs a recipe file as
-# `python FILE ARGS...` would, then prints the frameworks the process
-# imported ("frameworks: []" when none).
+# Runs the module named first as `python -m MODULE ARGS...` would, then
+# prints the frameworks the process imported ("frameworks: []" if none).
 FRAMEWORKS_PROBE = """
-import os, runpy, sys
+import runpy, sys
 sys.argv = sys.argv[1:]
-sys.path.insert(0, os.path.dirname(sys.argv[0]))
 try:
-    runpy.run_path(sys.argv[0], run_name="__main__")
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
 except SystemExit:
     pass
 frameworks = ("keras", "tensorflow", "jax", "torch")
 print("frameworks:", [name for name in frameworks if name in sys.modules])
 """
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_script(script, args, backend=BACKEND, stdin=None):
-    """Run a recipe script in a fresh process under `backend`; asserts it
-    succeeds and returns its stdout."""
+def run_probing_frameworks(module, args, stdin=None):
+    """Run `python -m module *args` in a fresh process from the repository
+    root; returns its stdout, which ends with the frameworks it imported
+    (see `FRAMEWORKS_PROBE`)."""
+    return run_script(
+        "-c", [FRAMEWORKS_PROBE, module, *args], stdin=stdin, cwd=ROOT
+    )
+
+
+def run_script(script, args, backend=BACKEND, stdin=None, cwd=None):
+    """Run a recipe script in a fresh process under `backend` (in `cwd`);
+    asserts it succeeds and returns its stdout."""
     env = dict(os.environ, KERAS_BACKEND=backend, PYTHONUNBUFFERED="1")
     result = subprocess.run(
         [sys.executable, str(script), *args],
         env=env,
+        cwd=cwd,
         input=stdin,
         capture_output=True,
         text=True,

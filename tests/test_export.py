@@ -19,7 +19,7 @@ import keras
 import keras_selfattn as ksa
 from keras_selfattn.ops import BLOCKWISE_MIN_LENGTH
 from keras_selfattn.ops.blockwise import QUERY_BLOCK_SIZE
-from recipes import deploy
+from recipes import deploy, exporting
 
 # keras' exporters warn about their own internals.
 pytestmark = pytest.mark.filterwarnings(
@@ -74,7 +74,7 @@ def test_artifact_matches_predict(format, tmp_path):
     model = build_model()
     inputs = [token_ids(rng, 2, SHORT), token_ids(rng, 3, LONG)]
     model(inputs[0])
-    path = deploy.export_artifact(model, tmp_path, format, inputs[1])
+    path = exporting.export_artifact(model, tmp_path, format, inputs[1])
     run = deploy.load_artifact(path)
     for ids in inputs:
         expected = model.predict(ids, verbose=0)
@@ -93,11 +93,11 @@ def test_failed_export_keeps_the_earlier_artifact(tmp_path):
 
     model.export = export_half_then_fail
     with pytest.raises(RuntimeError, match="the converter failed"):
-        deploy.export_artifact(model, tmp_path, format, np.zeros((1, 2)))
+        exporting.export_artifact(model, tmp_path, format, np.zeros((1, 2)))
     assert artifact.read_bytes() == b"an earlier artifact"
     assert [p.name for p in tmp_path.iterdir()] == [artifact.name]
 
 
 def test_unknown_format_is_named(tmp_path):
     with pytest.raises(ValueError, match="format='tflite'"):
-        deploy.export_artifact(build_model(), tmp_path, "tflite", None)
+        exporting.export_artifact(build_model(), tmp_path, "tflite", None)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from support import (
     BACKEND,
-    FRAMEWORKS_PROBE,
     other_backends,
     reload_difference,
+    run_probing_frameworks,
     run_script,
 )
 from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
@@ -184,10 +184,9 @@ def test_exported_artifact_tags_without_keras(trained):
     assert str(artifact) in stdout and artifact.stat().st_size > 0
     decoder = json.loads((out / decoding.DECODER_FILE).read_text())
     assert decoder["crf"] is not None  # --init none: a CRF tagger
-    served = run_script(
-        "-c",
-        [FRAMEWORKS_PROBE, str(RECIPE), "predict", "--artifact", str(artifact)]
-        + texts,
+    served = run_probing_frameworks(
+        "recipes.ner",
+        ["predict", "--artifact", str(artifact)] + texts,
     ).splitlines()
     assert served[:-1] == expected
     assert all(parse_entities("\n".join(expected)))  # entities in each
@@ -202,7 +201,7 @@ def test_decoder_file_gives_the_keras_viterbi_chain():
 
     import keras
 
-    from recipes import crf, decoding, ner, tagging
+    from recipes import crf, decoding, keras_tagging, tagging
 
     tags = ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]
     scores = keras.Input((None, len(tags)))
@@ -216,10 +215,11 @@ def test_decoder_file_gives_the_keras_viterbi_chain():
         (keras.Model(scores, layer(scores)), False),
         (keras.Model(scores, softmax(scores)), True),
     ):
-        files = ner.decoder_files(model, settings)
+        files = keras_tagging.decoder_files(model, settings)
         data = json.loads(json.dumps(files[decoding.DECODER_FILE]))
         served = decoding.served_tagger(None, tags, data)
-        tagger = ner.keras_tagger(model, tags, ner.length_buckets(64))
+        buckets = keras_tagging.length_buckets(64)
+        tagger = keras_tagging.keras_tagger(model, tags, buckets)
         assert served.probabilities == tagger.probabilities == probabilities
         assert served.buckets == tuple(tagger.buckets) == (16, 32, 64)
         for ours, theirs in zip(served.chain, tagger.chain):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from support import (
     BACKEND,
-    FRAMEWORKS_PROBE,
     other_backends,
     reload_difference,
+    run_probing_frameworks,
     run_script,
 )
 from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
@@ -134,9 +134,9 @@ def test_exported_artifact_predicts_without_keras(trained):
     stdout = run(["export", "--model-dir", str(out), "--format", "onnx"])
     artifact = out / "model.onnx"
     assert str(artifact) in stdout and artifact.stat().st_size > 0
-    served = run_script(
-        "-c",
-        [FRAMEWORKS_PROBE, str(RECIPE), "predict", "--artifact", str(artifact)],
+    served = run_probing_frameworks(
+        "recipes.sentiment",
+        ["predict", "--artifact", str(artifact)],
         stdin="\n".join(texts),
     )
     labels, probabilities = parse_predictions(served)
