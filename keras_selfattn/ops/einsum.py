@@ -99,9 +99,7 @@ def _masked_softmax(logits, mask):
         probs = ops.softmax(logits, axis=-1)
     if mask is None:
         return probs
-    if logits.shape[-1] == 1:
-        return probs * ops.cast(mask, probs.dtype)
-    has_keys = ops.any(mask, axis=-1, keepdims=True)
+    has_keys = ops.any(mask, axis=-1, keepdims=True)  # one key: the mask
     return probs * ops.cast(has_keys, probs.dtype)
 
 
