@@ -297,6 +297,41 @@ def test_keys_no_query_can_see_are_exact(visible):
         assert np.all(got_grads[1][:, visible:] == 0)
 
 
+@pytest.mark.parametrize("hides_inside", [False, True])
+@pytest.mark.parametrize("second_row", [40, LONG - 3])
+def test_rows_padded_to_different_lengths_are_exact(second_row, hides_inside):
+    # The fused path on eager torch runs rows this different one call each
+    # (40), rows this alike in one call (LONG - 3), each call up to its
+    # last visible key and with no mask if the rest hides nothing; every
+    # path must give the oracle's outputs and gradients.
+    query, key, value, _, upstream = long_case("padding", seed=6)
+    mask = np.zeros((2, 1, query.shape[1], LONG), bool)
+    mask[0, ..., :LONG] = True
+    mask[1, ..., :second_row] = True
+    if hides_inside:
+        mask[0, 0, 3, 7] = False  # one pair inside the first row's keys
+        mask[1, 0, 2] = False  # a query of the second row sees no key
+    for implementation in PATHS:
+
+        def attend(q, k, v):
+            return scaled_dot_product_attention(
+                q, k, v, mask=mask, implementation=implementation
+            )
+
+        want, _ = numpy_attention(query, key, value, mask)
+        got = to_numpy(attend(query, key, value))
+        np.testing.assert_allclose(
+            got, want, atol=1e-5, rtol=1e-4, err_msg=implementation
+        )
+        got_grads = weighted_grads(attend, upstream, query, key, value)
+        want_grads = numpy_attention_grads(query, key, value, upstream, mask)
+        for got_grad, want_grad in zip(got_grads, want_grads):
+            np.testing.assert_allclose(
+                got_grad, want_grad, atol=2e-5, err_msg=implementation
+            )
+        assert np.all(got_grads[1][1, second_row:] == 0)
+
+
 @pytest.mark.skipif(BACKEND != "torch", reason="torch's in-place fast path")
 def test_in_place_writes_match_the_portable_twin(monkeypatch):
     # Two query blocks in a band, a bias with a gradient: every loop that

@@ -1,8 +1,10 @@
 """The fused path: `keras.ops.dot_product_attention`, the backend's kernel.
 
 Torch's fused CPU/GPU kernels, cuDNN flash attention on JAX GPUs. Holds
-the one backend fast path of the package: on eager torch the keys that no
-query may attend to are trimmed off the tail first.
+the one backend fast path of the package: on eager torch each batch row
+runs only up to the last key it may see (padding trimmed off, as a
+variable-length kernel would), and without a mask where every query sees
+every key that is left.
 """
 
 import keras
@@ -43,9 +45,27 @@ def fused_attention(
     if (mask is not None or bias is not None) and is_causal:
         causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         mask, is_causal = merge_masks(mask, causal[None, None]), False
-    trims = bias is None and mask is not None and mask.shape[-1] != 1
-    if trims and _eager_torch():
-        key, value, mask = _trim_masked_key_tail(key, value, mask)
+    if bias is None and mask is not None and _eager_torch():
+        return _attend_unpadded_rows(
+            query, key, value, mask, scale, flash_attention
+        )
+    output = _kernel(
+        query, key, value, mask, bias, is_causal, scale, flash_attention
+    )
+    return _zero_empty_rows(output, mask)
+
+
+def _zero_empty_rows(output, mask):
+    """Zeros for the query rows with no visible key (`mask` may be None)."""
+    if mask is None:
+        return output
+    row_has_key = ops.any(mask, axis=-1, keepdims=True)  # (B, H, T, 1)
+    return ops.where(ops.swapaxes(row_has_key, 1, 2), output, 0.0)
+
+
+def _kernel(query, key, value, mask, bias, is_causal, scale, flash_attention):
+    """`keras.ops.dot_product_attention` for any key/value heads and head
+    sizes, the mask folded into the bias when there is one."""
     groups = query.shape[2] // key.shape[2]
     if groups > 1:
         key = ops.repeat(key, groups, axis=2)
@@ -78,11 +98,7 @@ def fused_attention(
         is_causal=is_causal,
         flash_attention=flash_attention,
     )
-    output = output[..., :value_size]
-    if mask is None:
-        return output
-    row_has_key = ops.any(mask, axis=-1, keepdims=True)  # (B, H, T, 1)
-    return ops.where(ops.swapaxes(row_has_key, 1, 2), output, 0.0)
+    return output[..., :value_size]
 
 
 def _eager_torch():
@@ -96,18 +112,71 @@ def _eager_torch():
     return not torch.compiler.is_compiling()
 
 
-def _trim_masked_key_tail(key, value, mask):
-    """Drop the trailing keys that no query may attend to.
+# A batch is split into rows when that leaves at most this share of the
+# keys the whole batch, trimmed to its longest row, would visit.
+SPLIT_ROWS_AT_SHARE = 0.95
 
-    Exact: those keys get zero probability everywhere (and zero gradient).
-    A padded batch then costs what its longest row costs. At least one key
-    is kept, so a fully masked batch still goes through the kernel.
+
+def _attend_unpadded_rows(query, key, value, mask, scale, flash_attention):
+    """The kernel on each row's keys up to the last one it may see.
+
+    Exact: the keys cut off get zero probability everywhere (and zero
+    gradient). The batch runs as one call trimmed to its longest row, or,
+    when the rows' lengths differ enough, one call per row; a call whose
+    remaining mask is all True runs with no mask (torch's kernels then
+    neither widen a boolean mask to floats nor read it, and no row is
+    empty). At least one key is kept, so a fully masked row still goes
+    through the kernel.
     """
-    seen = ops.convert_to_numpy(ops.any(mask, axis=(0, 1, 2)))
-    keep = max(int(seen.nonzero()[0][-1]) + 1 if seen.any() else 0, 1)
-    if keep == seen.shape[0]:
-        return key, value, mask
-    return key[:, :keep], value[:, :keep], mask[..., :keep]
+    # Per row and key: whether some, and whether every, (head, query)
+    # pair may see it. `(B, S)` each.
+    seen_by_some, seen_by_all = (
+        ops.convert_to_numpy(reduce(mask, axis=(1, 2)))
+        for reduce in (ops.any, ops.all)
+    )
+    lengths = [
+        max(int(seen.nonzero()[0][-1]) + 1 if seen.any() else 0, 1)
+        for seen in seen_by_some
+    ]
+    longest = max(lengths)
+    if len(lengths) == 1 or sum(lengths) > SPLIT_ROWS_AT_SHARE * (
+        len(lengths) * longest
+    ):
+        return _trimmed_call(
+            (query, key, value, mask),
+            longest,
+            seen_by_all[:, :longest].all(),
+            scale,
+            flash_attention,
+        )
+    rows = [
+        _trimmed_call(
+            tuple(
+                tensor[row : row + 1] for tensor in (query, key, value, mask)
+            ),
+            length,
+            seen_by_all[row, :length].all(),
+            scale,
+            flash_attention,
+        )
+        for row, length in enumerate(lengths)
+    ]
+    return ops.concatenate(rows, axis=0)
+
+
+def _trimmed_call(tensors, length, hides_nothing, scale, flash_attention):
+    """The kernel on the first `length` keys of `(query, key, value,
+    mask)`, with no mask when it hides none of them."""
+    query, key, value, mask = tensors
+    if length < ops.shape(key)[1]:
+        key, value = key[:, :length], value[:, :length]
+        mask = mask[..., :length]
+    if hides_nothing:
+        mask = None
+    output = _kernel(
+        query, key, value, mask, None, False, scale, flash_attention
+    )
+    return _zero_empty_rows(output, mask)
 
 
 def _pad_last_axis(tensor, size):
