@@ -90,6 +90,43 @@ def test_long_outputs_and_gradients_match_oracle(
         assert np.any(got_grad != 0.0)
 
 
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["padding", "random"])
+def test_long_sequence_tiles_match_oracle(monkeypatch, is_causal, mask_kind):
+    # Long sequences run the blockwise path with key blocks of twice
+    # BLOCK_SIZE and, without a band, blocks of query rows: here made to
+    # apply at LONG keys, with query blocks of 4 rows (the last padded).
+    from keras_selfattn.ops import blockwise
+
+    monkeypatch.setattr(blockwise, "LARGE_BLOCKS_FROM_KEYS", LONG)
+    monkeypatch.setattr(blockwise, "UNBANDED_QUERY_BLOCKS_FROM", 8)
+    monkeypatch.setattr(blockwise, "UNBANDED_QUERY_BLOCK", 4)
+    query, key, value, mask, upstream = long_case(mask_kind, seed=7)
+
+    def attend(q, k, v):
+        return scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            mask=mask,
+            is_causal=is_causal,
+            implementation="blockwise",
+        )
+
+    want, _ = numpy_attention(query, key, value, mask, is_causal)
+    np.testing.assert_allclose(
+        to_numpy(attend(query, key, value)), want, atol=1e-5, rtol=1e-5
+    )
+    got_grads = weighted_grads(attend, upstream, query, key, value)
+    want_grads = numpy_attention_grads(
+        query, key, value, upstream, mask, is_causal
+    )
+    for name, got_grad, want_grad in zip("qkv", got_grads, want_grads):
+        np.testing.assert_allclose(
+            got_grad, want_grad, atol=2e-5, rtol=1e-4, err_msg=name
+        )
+
+
 @pytest.mark.parametrize("implementation", PATHS)
 def test_compiled_matches_eager(implementation):
     query, key, value, mask, _ = long_case("random", seed=1)
