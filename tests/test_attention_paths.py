@@ -53,13 +53,10 @@ def weighted_grads(attend, upstream, query, key, value):
     )
 
 
-@pytest.mark.parametrize("implementation", PATHS)
-@pytest.mark.parametrize("is_causal", [False, True])
-@pytest.mark.parametrize("mask_kind", ["padding", "random"])
-def test_long_outputs_and_gradients_match_oracle(
-    implementation, is_causal, mask_kind
-):
-    query, key, value, mask, upstream = long_case(mask_kind)
+def check_long_case(implementation, is_causal, mask_kind, seed=0):
+    """One path's outputs and q, k, v gradients on `long_case` against the
+    oracle's, with a scale of 0.3."""
+    query, key, value, mask, upstream = long_case(mask_kind, seed)
     if is_causal:  # queries sit at the end, so causal masks many keys
         mask = mask.copy()
         mask[..., :300] = True
@@ -90,6 +87,15 @@ def test_long_outputs_and_gradients_match_oracle(
         assert np.any(got_grad != 0.0)
 
 
+@pytest.mark.parametrize("implementation", PATHS)
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("mask_kind", ["padding", "random"])
+def test_long_outputs_and_gradients_match_oracle(
+    implementation, is_causal, mask_kind
+):
+    check_long_case(implementation, is_causal, mask_kind)
+
+
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("mask_kind", ["padding", "random"])
 def test_long_sequence_tiles_match_oracle(monkeypatch, is_causal, mask_kind):
@@ -101,30 +107,7 @@ def test_long_sequence_tiles_match_oracle(monkeypatch, is_causal, mask_kind):
     monkeypatch.setattr(blockwise, "LARGE_BLOCKS_FROM_KEYS", LONG)
     monkeypatch.setattr(blockwise, "UNBANDED_QUERY_BLOCKS_FROM", 8)
     monkeypatch.setattr(blockwise, "UNBANDED_QUERY_BLOCK", 4)
-    query, key, value, mask, upstream = long_case(mask_kind, seed=7)
-
-    def attend(q, k, v):
-        return scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            mask=mask,
-            is_causal=is_causal,
-            implementation="blockwise",
-        )
-
-    want, _ = numpy_attention(query, key, value, mask, is_causal)
-    np.testing.assert_allclose(
-        to_numpy(attend(query, key, value)), want, atol=1e-5, rtol=1e-5
-    )
-    got_grads = weighted_grads(attend, upstream, query, key, value)
-    want_grads = numpy_attention_grads(
-        query, key, value, upstream, mask, is_causal
-    )
-    for name, got_grad, want_grad in zip("qkv", got_grads, want_grads):
-        np.testing.assert_allclose(
-            got_grad, want_grad, atol=2e-5, rtol=1e-4, err_msg=name
-        )
+    check_long_case("blockwise", is_causal, mask_kind, seed=7)
 
 
 @pytest.mark.parametrize("implementation", PATHS)

@@ -10,10 +10,9 @@ Without a causal mask or a sliding window a tile holds every query row
 (of a long sequence, a block of 1024) and one block of keys. With either,
 the queries are cut into blocks too, and each query block visits only the
 key blocks inside its band: a window `w` costs `L * w`, not `L^2`, and a
-causal mask about half. (Where the
-query length is known only at run time, as in an exported graph, the
-band is masked tile by tile over one block of all the rows: exact, at
-the cost of `L^2`.)
+causal mask about half. (Where the query length is known only at run
+time, as in an exported graph, the band is masked tile by tile over one
+block of all the rows: exact, at the cost of `L^2`.)
 
 Biases (the user's `attention_bias`, a `PositionBias` such as ALiBi or
 T5's) and the logit soft cap are applied tile by tile; a position bias is
@@ -54,7 +53,7 @@ QUERY_BLOCK_SIZE = 256
 # band, from this many query rows the queries are cut into blocks of
 # UNBANDED_QUERY_BLOCK rows, so that a tile stays small enough for the
 # caches. Measured, forward + backward, batch 2, 4 heads of 64, 4096
-# tokens, one process (README "Performance"): 0.83 -> 0.69 s on
+# tokens, one process (README "Benchmarks"): 0.83 -> 0.72 s on
 # TensorFlow, 0.83 -> 0.77 s on JAX; at 2048 tokens the query blocks cost
 # 10% and the larger key blocks tie, at 1024 those cost 10%.
 LARGE_BLOCKS_FROM_KEYS = 2048

@@ -128,11 +128,10 @@ def _attend_unpadded_rows(query, key, value, mask, scale, flash_attention):
     Exact: the keys cut off get zero probability everywhere (and zero
     gradient). The batch runs as one call trimmed to its longest row, or,
     when it is small, on the CPU, and the rows' lengths differ enough, one
-    call per row; a call whose
-    remaining mask is all True runs with no mask (torch's kernels then
-    neither widen a boolean mask to floats nor read it, and no row is
-    empty). At least one key is kept, so a fully masked row still goes
-    through the kernel.
+    call per row. A call whose remaining mask is all True runs with no
+    mask (torch's kernels then neither widen a boolean mask to floats nor
+    read it, and no row is empty). At least one key is kept, so a fully
+    masked row still goes through the kernel.
     """
     # Per row and key: whether some, and whether every, (head, query)
     # pair may see it. `(B, S)` each.
@@ -152,27 +151,22 @@ def _attend_unpadded_rows(query, key, value, mask, scale, flash_attention):
         and str(getattr(query, "device", "cpu")).startswith("cpu")
         and sum(lengths) <= SPLIT_ROWS_AT_SHARE * len(lengths) * longest
     )
-    if not splits:
-        return _trimmed_call(
-            (query, key, value, mask),
-            longest,
-            seen_by_all[:, :longest].all(),
-            scale,
-            flash_attention,
-        )
-    rows = [
+    calls = (
+        [(slice(row, row + 1), length) for row, length in enumerate(lengths)]
+        if splits
+        else [(slice(None), longest)]
+    )
+    outputs = [
         _trimmed_call(
-            tuple(
-                tensor[row : row + 1] for tensor in (query, key, value, mask)
-            ),
+            tuple(tensor[rows] for tensor in (query, key, value, mask)),
             length,
-            seen_by_all[row, :length].all(),
+            seen_by_all[rows, :length].all(),
             scale,
             flash_attention,
         )
-        for row, length in enumerate(lengths)
+        for rows, length in calls
     ]
-    return ops.concatenate(rows, axis=0)
+    return outputs[0] if len(outputs) == 1 else ops.concatenate(outputs, 0)
 
 
 def _trimmed_call(tensors, length, hides_nothing, scale, flash_attention):
