@@ -1,11 +1,15 @@
 """The Keras side of NER decoding (`recipes/decoding.py` needs no Keras):
-the model as a `decoding.Tagger`, the validation-F1 callback, and the
-decoder file `export` writes beside an artifact."""
+the model as a `decoding.Tagger`, the validation-F1 callback, the decoder
+file `export` writes beside an artifact, and `predict`'s lines from a
+saved run."""
+
+import json
+from pathlib import Path
 
 import keras
 
 from keras_selfattn import distribution
-from recipes import batching, crf, decoding, tagging
+from recipes import batching, crf, decoding, deploy, tagging, training
 
 
 def length_buckets(max_length):
@@ -65,3 +69,16 @@ def decoder_files(model, settings):
         learned = [keras.ops.convert_to_numpy(s) for s in layer.scores()]
     buckets = length_buckets(settings.max_length)
     return {decoding.DECODER_FILE: decoding.decoder_settings(buckets, learned)}
+
+
+def label_texts(model_dir, texts):
+    """`predict`'s lines (`deploy.entity_lines`) for `texts`, tagged by
+    the Keras model of the run in `model_dir`."""
+    model, tokenizer, _, settings = training.load_run(model_dir)
+    tag_names = json.loads((Path(model_dir) / "labels.json").read_text())
+    buckets = length_buckets(settings.max_length)
+    tagger = keras_tagger(model, tag_names, buckets)
+    entities = decoding.tag_texts(
+        tagger, tokenizer, tag_names, settings.max_length, texts
+    )
+    return deploy.entity_lines(texts, entities)

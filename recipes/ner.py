@@ -64,8 +64,6 @@ if __name__ == "__main__":  # `predict --artifact` imports no Keras
         deploy.serve(sys.argv[1:], "runs/ner", deploy.label_entities)
         raise SystemExit(0)
 
-import json
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -423,21 +421,8 @@ def predict(args):
     if args.artifact:  # from `main()`; as a script, the file's top serves it
         lines = deploy.label_entities(deploy.ServedRun(args.artifact), texts)
     else:
-        lines = label_texts(args.model_dir, texts)
+        lines = keras_tagging.label_texts(args.model_dir, texts)
     print("\n".join(lines))
-
-
-def label_texts(model_dir, texts):
-    """`predict`'s lines (`deploy.entity_lines`) for `texts`, tagged by
-    the Keras model of the run in `model_dir`."""
-    model, tokenizer, _, settings = training.load_run(model_dir)
-    tag_names = json.loads((Path(model_dir) / "labels.json").read_text())
-    buckets = keras_tagging.length_buckets(settings.max_length)
-    tagger = keras_tagging.keras_tagger(model, tag_names, buckets)
-    entities = decoding.tag_texts(
-        tagger, tokenizer, tag_names, settings.max_length, texts
-    )
-    return deploy.entity_lines(texts, entities)
 
 
 # ---------------------------------------------------------------- export

@@ -60,7 +60,15 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import text
 from keras_selfattn.downloads import resolve_cache_dir
-from recipes import batching, cli, data, deploy, splitting, training
+from recipes import (
+    batching,
+    cli,
+    data,
+    deploy,
+    explaining,
+    splitting,
+    training,
+)
 
 LABEL_NAMES = ("negative", "positive")
 
@@ -392,59 +400,9 @@ def predict(args):
         print(deploy.review_line(label_names, p, review))
         if args.explain:
             path = model_dir / f"explain_{i}.png"
-            explain(model, tokenizer, review, settings, path)
+            ids = encode(tokenizer, [review], settings)
+            explaining.attention_heat_map(model, tokenizer, ids, path)
             print(f"\tattention heat map: {path}")
-
-
-def last_attention(model, ids):
-    """Attention probabilities `(B, heads, L, L)` of the last encoder block,
-    by running the encoder's layers in order (embeddings, then blocks). The
-    blocks are the model's own, or those of its pretrained encoder."""
-    padding = ids != 0
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    encoder = nested[0] if nested else model
-    encoders = [
-        layer
-        for layer in encoder.layers
-        if isinstance(layer, ksa.TransformerEncoder)
-    ]
-    if nested:  # keras_selfattn.pretrained names its embedding stack
-        embeddings = encoder.get_layer("embeddings_dropout").output
-        inputs = {"token_ids": ids, "padding_mask": padding}
-    else:
-        embeddings = encoder.get_layer("embedding").output
-        inputs = ids
-    hidden = keras.Model(encoder.input, embeddings)(inputs)
-    for block in encoders[:-1]:
-        hidden = block(hidden, padding_mask=padding)
-    _, scores = encoders[-1](
-        hidden, padding_mask=padding, return_attention_scores=True
-    )
-    return keras.ops.convert_to_numpy(scores)
-
-
-def explain(model, tokenizer, review, settings, path):
-    """Heat map of how much attention each token receives in the last
-    encoder block (mean over heads and over the review's tokens)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ids = encode(tokenizer, [review], settings)
-    length = int((ids != 0).sum())
-    ids = ids[:, :length]
-    weights = last_attention(model, ids)[0]
-    received = weights.mean(axis=(0, 1))
-    tokens = [tokenizer.id_to_token(int(i)) for i in ids[0, :length]]
-    fig, axis = plt.subplots(figsize=(max(4, 0.45 * length), 1.8))
-    axis.imshow(received[None, :], cmap="Reds", aspect="auto")
-    axis.set_xticks(range(length), tokens, rotation=60, ha="right")
-    axis.set_yticks([])
-    axis.set_title("attention received (last encoder, mean over heads)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv=None):

@@ -171,14 +171,14 @@ def test_exported_artifact_tags_without_keras(trained):
     model's entities, from tokenizers, NumPy and onnxruntime alone (and
     the CRF's learned transitions, which `export` writes beside the
     artifact)."""
-    from recipes import decoding, ner
+    from recipes import decoding, keras_tagging
 
     out, _ = trained
     texts = [
         "John Smith said Reuters fell in Lima .",
         "Ingrid Berg visited Quito.",
     ]
-    expected = ner.label_texts(out, texts)
+    expected = keras_tagging.label_texts(out, texts)
     stdout = run(["export", "--model-dir", str(out), "--format", "onnx"])
     artifact = out / "model.onnx"
     assert str(artifact) in stdout and artifact.stat().st_size > 0
