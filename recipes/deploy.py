@@ -192,16 +192,16 @@ def text_module():
     return importlib.import_module("keras_selfattn.text")
 
 
-def serving_requested(argv):
-    """True for `predict ... --artifact FILE`: the one command served with
-    no Keras import (see `serve`)."""
-    return (
-        bool(argv)
-        and argv[0] == "predict"
-        and any(
-            arg == "--artifact" or arg.startswith("--artifact=") for arg in argv
-        )
-    )
+def serve_if_requested(run_dir, label_texts, argv=None):
+    """A recipe's first step when run: for `predict ... --artifact FILE`,
+    the one command served with no Keras import, `serve` it and exit;
+    else return. `argv` defaults to the command line's arguments."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"] and any(
+        arg == "--artifact" or arg.startswith("--artifact=") for arg in argv
+    ):
+        serve(argv, run_dir, label_texts)
+        raise SystemExit(0)
 
 
 def add_predict_arguments(parser, run_dir):

@@ -55,14 +55,10 @@ if not __package__:  # run as a file: `python recipes/ner.py`
 
     _launch.run_as_module(__file__)
 
-import sys
-
 if __name__ == "__main__":  # `predict --artifact` imports no Keras
     from recipes import deploy
 
-    if deploy.serving_requested(sys.argv[1:]):
-        deploy.serve(sys.argv[1:], "runs/ner", deploy.label_entities)
-        raise SystemExit(0)
+    deploy.serve_if_requested("runs/ner", deploy.label_entities)
 
 
 import keras
