@@ -1,5 +1,11 @@
 """keras-selfattn: attention layers for Keras 3 on TensorFlow, JAX and torch.
 
+Submodules and layers are imported on first use (PEP 562), so
+`import keras_selfattn.text` (tokenizers, no Keras) starts without Keras
+or a backend. The layers register with Keras' serialization as soon as
+Keras is imported, before or after this package, so
+`keras.saving.load_model` finds them after a plain `import keras_selfattn`.
+
 Example:
 
 >>> import keras
@@ -11,38 +17,71 @@ Example:
 (None, None, 32)
 """
 
-from keras_selfattn import distribution, ops
-from keras_selfattn.layers import (
-    AlibiBias,
-    GroupedQueryAttention,
-    MultiHeadAttention,
-    RelativePositionBias,
-    RotaryEmbedding,
-    SelfAttention,
-    SinusoidalPositionEncoding,
-    TokenAndPositionEmbedding,
-    TransformerEncoder,
-)
-from keras_selfattn.ops import scaled_dot_product_attention
-
-# keras exports its layer as `keras.layers.GroupQueryAttention`.
-GroupQueryAttention = GroupedQueryAttention
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "AlibiBias",
-    "GroupQueryAttention",
-    "GroupedQueryAttention",
-    "MultiHeadAttention",
-    "RelativePositionBias",
-    "RotaryEmbedding",
-    "SelfAttention",
-    "SinusoidalPositionEncoding",
-    "TokenAndPositionEmbedding",
-    "TransformerEncoder",
-    "distribution",
-    "ops",
-    "scaled_dot_product_attention",
-    "__version__",
-]
+# Public name -> the module that defines it.
+_LAYERS = "keras_selfattn.layers"
+_EXPORTS = {
+    "AlibiBias": _LAYERS,
+    "GroupedQueryAttention": _LAYERS,
+    "MultiHeadAttention": _LAYERS,
+    "RelativePositionBias": _LAYERS,
+    "RotaryEmbedding": _LAYERS,
+    "SelfAttention": _LAYERS,
+    "SinusoidalPositionEncoding": _LAYERS,
+    "TokenAndPositionEmbedding": _LAYERS,
+    "TransformerEncoder": _LAYERS,
+    "scaled_dot_product_attention": "keras_selfattn.ops",
+}
+# keras exports its layer as `keras.layers.GroupQueryAttention`.
+_ALIASES = {"GroupQueryAttention": "GroupedQueryAttention"}
+_SUBMODULES = ("distribution", "layers", "lora", "ops", "pretrained", "text")
+
+__all__ = sorted(
+    [*_EXPORTS, *_ALIASES, "distribution", "ops", "__version__"]
+)
+
+
+def __getattr__(name):
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    name = _ALIASES.get(name, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *__all__, *_SUBMODULES})
+
+
+class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
+    """Imports our layers (which registers them with Keras) right after
+    the first `import keras`, wherever it happens."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec("keras")
+        if spec is None or spec.loader is None:
+            return spec
+        load = spec.loader.exec_module
+
+        def exec_module(module):
+            load(module)
+            importlib.import_module(_LAYERS)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+if "keras" in sys.modules:
+    importlib.import_module(_LAYERS)
+else:
+    sys.meta_path.insert(0, _RegisterLayersAfterKeras())

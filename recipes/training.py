@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 import keras_selfattn as ksa
-from keras_selfattn import distribution, pretrained, text
+from keras_selfattn import distribution, lora, pretrained, text
 from keras_selfattn.downloads import atomic_write
 from recipes import BACKEND_NOTE, batching, distributed, exporting, reporting
 
@@ -210,7 +210,7 @@ def load_pretrained(args):
     """`(encoder, tokenizer)` of `--init`, with the run's `--dropout` on the
     residual branches; attention dropout stays the checkpoint's. With
     `--lora RANK` the encoder is frozen but for LoRA adapters of that rank
-    on its query and value projections (`pretrained.enable_lora`)."""
+    on its query and value projections (`lora.enable_lora`)."""
     encoder, tokenizer = pretrained.load_bert(args.init, dropout=args.dropout)
     positions = encoder.get_layer("embeddings").sequence_length
     print(
@@ -224,9 +224,9 @@ def load_pretrained(args):
             f"{positions} positions"
         )
     if args.lora:
-        pretrained.enable_lora(encoder, args.lora)
+        lora.enable_lora(encoder, args.lora)
         print(
-            f"LoRA rank {args.lora} on {' and '.join(pretrained.LORA_TARGETS)}"
+            f"LoRA rank {args.lora} on {' and '.join(lora.LORA_TARGETS)}"
             f": {count_weights(encoder.trainable_weights):,} of the "
             f"encoder's {encoder.count_params():,} weights train"
         )

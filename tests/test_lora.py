@@ -1,4 +1,4 @@
-"""LoRA fine-tuning of models of our layers (`pretrained.enable_lora`):
+"""LoRA fine-tuning of models of our layers (`lora.enable_lora`):
 only the adapters train, and a `.keras` round trip gives back an adapted
 model that predicts the same and trains on."""
 
@@ -10,8 +10,8 @@ import pytest
 from support import to_numpy
 from tiny_bert import TINY_CONFIG, random_tensors, write_checkpoint
 
-from keras_selfattn import pretrained
-from keras_selfattn.layers._common import adapter_factors
+from keras_selfattn import lora, pretrained
+from keras_selfattn.lora import adapter_factors
 from recipes import cli, ner, sentiment, training
 
 RANK = 2
@@ -63,7 +63,7 @@ def fit(model, steps=3):
 
 def test_adapters_train_save_load_and_train_on(tmp_path):
     model = tiny_encoder()
-    pretrained.enable_lora(model, RANK)
+    lora.enable_lora(model, RANK)
     # keras factors the last kernel axis: a (width, heads, rank), b (rank,
     # head size), on the query and value projections of every block.
     per_projection = WIDTH * HEADS * RANK + RANK * HEAD_SIZE
@@ -103,7 +103,7 @@ def test_other_targets_and_alpha_round_trip(tmp_path):
     `a` drawn again: with both zero nothing would train)."""
     model = tiny_encoder()
     targets = ["feedforward_output_dense", "token_embedding"]
-    pretrained.enable_lora(model, RANK, target_layer_names=targets, alpha=3.0)
+    lora.enable_lora(model, RANK, target_layer_names=targets, alpha=3.0)
     ffn, vocab = TINY_CONFIG["intermediate_size"], TINY_CONFIG["vocab_size"]
     dense = BLOCKS * (ffn * RANK + RANK * WIDTH)
     assert weight_count(model) == dense + vocab * RANK + RANK * WIDTH
@@ -167,7 +167,7 @@ def test_plain_config_has_no_lora_entry():
 def test_bad_arguments_raise(kwargs, error, message):
     model = tiny_encoder()
     with pytest.raises(error) as caught:
-        pretrained.enable_lora(model, **{"rank": RANK, **kwargs})
+        lora.enable_lora(model, **{"rank": RANK, **kwargs})
     assert message in str(caught.value)
     assert weight_count(model) == model.count_params()  # nothing changed
 
@@ -175,12 +175,12 @@ def test_bad_arguments_raise(kwargs, error, message):
 def test_model_must_be_a_model_and_adapted_once():
     model = tiny_encoder()
     with pytest.raises(TypeError, match="`model` must be a keras.Model"):
-        pretrained.enable_lora(model.get_layer("transformer_layer_0"), RANK)
-    pretrained.enable_lora(model, RANK)
+        lora.enable_lora(model.get_layer("transformer_layer_0"), RANK)
+    lora.enable_lora(model, RANK)
     with pytest.raises(ValueError, match="LoRA is already enabled on"):
-        pretrained.enable_lora(model, RANK, target_layer_names=["value"])
+        lora.enable_lora(model, RANK, target_layer_names=["value"])
     # Other targets later: the first adapters keep training.
-    pretrained.enable_lora(model, RANK, target_layer_names=["key"])
+    lora.enable_lora(model, RANK, target_layer_names=["key"])
     assert weight_count(model) == 400 + 200
 
 

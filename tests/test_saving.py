@@ -138,3 +138,19 @@ def test_keras_file_crosses_backends(tmp_path, other):
         np.load(tmp_path / f"{other}.npy"),
         atol=1e-6,
     )
+
+
+def test_file_saved_by_version_0_1_0_loads_and_predicts_the_same():
+    # Written by tests/fixtures/make_saved_model.py under keras-selfattn
+    # 0.1.0: every public layer, with the options each saved then.
+    fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
+    model = keras.saving.load_model(
+        os.path.join(fixtures, "saved_0_1_0.keras")
+    )
+    expected = np.load(os.path.join(fixtures, "saved_0_1_0.npz"))
+    np.testing.assert_allclose(
+        model.predict(expected["token_ids"], verbose=0),
+        expected["predictions"],
+        atol=1e-5,
+        rtol=0,
+    )

@@ -9,16 +9,18 @@ from keras_selfattn.layers._attention_axes import (
     projection_equation,
 )
 from keras_selfattn.layers._common import (
-    CompositeLayer,
     attend,
     check_layer_attention_bias,
     check_position_options,
+    set_attention_options,
+    zero_masked_rows,
+)
+from keras_selfattn.layers.composite import (
+    CompositeLayer,
     clone_initializer,
     initializers_config,
     restore_sublayers,
-    set_attention_options,
     sublayer_dtype,
-    zero_masked_rows,
 )
 from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,

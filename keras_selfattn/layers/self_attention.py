@@ -5,13 +5,15 @@ from keras import ops
 
 from keras_selfattn._validation import check_positive_int
 from keras_selfattn.layers._common import (
-    CompositeLayer,
     attend,
     check_self_attention_call,
+    set_attention_options,
+)
+from keras_selfattn.layers.composite import (
+    CompositeLayer,
     clone_initializer,
     initializers_config,
     restore_sublayers,
-    set_attention_options,
     sublayer_dtype,
 )
 from keras_selfattn.ops import check_implementation

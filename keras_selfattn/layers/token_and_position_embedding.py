@@ -10,8 +10,10 @@ from keras_selfattn._validation import (
     static_shape,
 )
 from keras_selfattn.layers._common import (
-    CompositeLayer,
     check_int_input,
+)
+from keras_selfattn.layers.composite import (
+    CompositeLayer,
     clone_initializer,
     restore_sublayers,
     sublayer_dtype,

@@ -8,10 +8,12 @@ from keras_selfattn._validation import (
     check_rate,
 )
 from keras_selfattn.layers._common import (
-    CompositeLayer,
     check_layer_attention_bias,
     check_position_options,
     check_self_attention_call,
+)
+from keras_selfattn.layers.composite import (
+    CompositeLayer,
     clone_initializer,
     initializers_config,
     restore_sublayers,
