@@ -12,12 +12,11 @@ import pytest
 from keras import ops
 
 from keras_selfattn.ops import (
-    BLOCK_SIZE,
     alibi_bias,
     relative_position_bias,
     scaled_dot_product_attention,
 )
-from keras_selfattn.ops.blockwise import QUERY_BLOCK_SIZE
+from keras_selfattn.ops.blockwise import BLOCK_SIZE, QUERY_BLOCK_SIZE
 from support import (
     grads,
     numpy_attention,

@@ -16,9 +16,9 @@ from support import numpy_attention_grads
 from support import to_numpy
 from keras import ops
 
-from keras_selfattn.ops import BLOCK_SIZE
-from keras_selfattn.ops import BLOCKWISE_MIN_LENGTH
-from keras_selfattn.ops import choose_implementation
+from keras_selfattn.ops.blockwise import BLOCK_SIZE
+from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
+from keras_selfattn.ops.attention import choose_implementation
 from keras_selfattn.ops import scaled_dot_product_attention
 
 PATHS = ["einsum", "fused", "blockwise"]

@@ -17,7 +17,7 @@ from support import BACKEND
 
 import keras
 import keras_selfattn as ksa
-from keras_selfattn.ops import BLOCKWISE_MIN_LENGTH
+from keras_selfattn.ops.attention import BLOCKWISE_MIN_LENGTH
 from keras_selfattn.ops.blockwise import QUERY_BLOCK_SIZE
 from recipes import deploy, exporting
 

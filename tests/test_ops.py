@@ -12,9 +12,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from keras import ops
 
-from keras_selfattn.ops import causal_mask
-from keras_selfattn.ops import merge_masks
-from keras_selfattn.ops import padding_to_attention_mask
+from keras_selfattn.ops.masks import causal_mask
+from keras_selfattn.ops.masks import merge_masks
+from keras_selfattn.ops.masks import padding_to_attention_mask
 from keras_selfattn.ops import scaled_dot_product_attention
 
 TOLERANCE = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}

@@ -61,7 +61,26 @@ def test_config_round_trip_is_complete(layer):
     init_args = type(layer).__init__.__code__.co_varnames[
         1 : type(layer).__init__.__code__.co_argcount
     ]
-    assert set(init_args) <= set(config), set(init_args) - set(config)
+    # An `attention_config` is written as the arguments it holds.
+    init_args = set(init_args) - {"attention_config"}
+    assert init_args <= set(config), init_args - set(config)
+
+
+def test_attention_config_is_written_as_its_arguments():
+    config = ksa.layers.attention_config.AttentionConfig(
+        num_heads=4, num_key_value_heads=2, sliding_window=3, seed=5
+    )
+    layer = ksa.MultiHeadAttention(4, 8, attention_config=config)
+    written = layer.get_config()
+    assert "attention_config" not in written
+    assert written["num_key_value_heads"] == 2
+    assert written["sliding_window"] == 3
+    clone = ksa.MultiHeadAttention.from_config(written)
+    assert clone.attention_config == config
+    with pytest.raises(ValueError, match="sliding_window"):
+        ksa.MultiHeadAttention(
+            4, 8, sliding_window=5, attention_config=config
+        )
 
 
 def build_model():

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int
-from keras_selfattn.ops import alibi_bias
+from keras_selfattn.ops.positions import alibi_bias
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")

@@ -8,13 +8,11 @@ from keras_selfattn.layers._attention_axes import (
     AttentionAxes,
     projection_equation,
 )
-from keras_selfattn.layers._common import (
-    attend,
-    check_layer_attention_bias,
-    check_position_options,
-    set_attention_options,
-    zero_masked_rows,
+from keras_selfattn.layers.attention_config import (
+    AttentionConfig,
+    forward_options,
 )
+from keras_selfattn.layers.call_inputs import check_attention_bias
 from keras_selfattn.layers.composite import (
     CompositeLayer,
     clone_initializer,
@@ -26,16 +24,31 @@ from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,
 )
 from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
-from keras_selfattn.ops import (
-    alibi_bias,
-    check_float_input,
-    check_implementation,
-    check_mask,
-    merge_masks,
+from keras_selfattn.ops.checks import check_float_input, check_mask
+from keras_selfattn.ops.masks import merge_masks, zero_masked_rows
+from keras_selfattn.ops.positions import alibi_bias
+
+# The options kept in `attention_config`, readable as attributes too.
+ATTENTION_OPTIONS = (
+    "num_heads",
+    "num_key_value_heads",
+    "dropout",
+    "seed",
+    "implementation",
+    "flash_attention",
+    "sliding_window",
+    "logit_soft_cap",
+    "position_bias",
+    "rotary_max_wavelength",
+    "rotary_scaling_factor",
+    "alibi_bias_max",
+    "relative_num_buckets",
+    "relative_max_distance",
 )
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
+@forward_options(*ATTENTION_OPTIONS)
 class MultiHeadAttention(CompositeLayer):
     """Multi-head (and grouped-query) dot-product attention.
 
@@ -96,6 +109,10 @@ class MultiHeadAttention(CompositeLayer):
             path computes it tile by tile.
         alibi_bias_max, relative_num_buckets, relative_max_distance: see
             `position_bias`.
+        attention_config: an `AttentionConfig` holding the attention
+            options above (`num_heads` to `relative_max_distance`), as a
+            layer that builds this one hands its own down; the arguments
+            it holds are then left at their defaults.
         **kwargs: base layer arguments (`name`, `dtype`...); `output_dim`,
             the former name of an int `output_shape`, is still read.
 
@@ -171,51 +188,38 @@ class MultiHeadAttention(CompositeLayer):
         alibi_bias_max=8,
         relative_num_buckets=32,
         relative_max_distance=128,
+        attention_config=None,
         **kwargs,
     ):
         output_dim = kwargs.pop("output_dim", None)  # former name
         super().__init__(**kwargs)
-        self.num_heads = check_positive_int("num_heads", num_heads)
+        self.attention_config = AttentionConfig.from_arguments(
+            attention_config,
+            num_heads=num_heads,
+            num_key_value_heads=num_key_value_heads,
+            dropout=dropout,
+            seed=seed,
+            implementation=implementation,
+            flash_attention=flash_attention,
+            sliding_window=sliding_window,
+            logit_soft_cap=logit_soft_cap,
+            position_bias=position_bias,
+            rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling_factor=rotary_scaling_factor,
+            alibi_bias_max=alibi_bias_max,
+            relative_num_buckets=relative_num_buckets,
+            relative_max_distance=relative_max_distance,
+        )
+        self.seed_generator = keras.random.SeedGenerator(self.seed)
+        self.supports_masking = True
         self.key_dim = check_positive_int("key_dim", key_dim)
+        self.attention_config.check_head_size(self.key_dim)
         self.value_dim = (
             check_positive_int("value_dim", value_dim, allow_none=True)
             or self.key_dim
         )
         self._output_shape = _check_output_shape(output_shape, output_dim)
         self.attention_axes = _check_attention_axes(attention_axes)
-        self.num_key_value_heads = check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
-        if self.num_heads % (self.num_key_value_heads or self.num_heads):
-            raise ValueError(
-                "`num_key_value_heads` must divide `num_heads`. Received: "
-                f"num_heads={num_heads}, "
-                f"num_key_value_heads={num_key_value_heads}"
-            )
-        set_attention_options(
-            self,
-            dropout,
-            seed,
-            implementation,
-            flash_attention=flash_attention,
-            sliding_window=sliding_window,
-            logit_soft_cap=logit_soft_cap,
-        )
-        self._position_options = check_position_options(
-            position_bias,
-            rotary_max_wavelength,
-            rotary_scaling_factor,
-            alibi_bias_max,
-            relative_num_buckets,
-            relative_max_distance,
-        )
-        for name, option in self._position_options.items():
-            setattr(self, name, option)
-        if self.rotary_max_wavelength is not None and self.key_dim % 2:
-            raise ValueError(
-                "Rotary embeddings (`rotary_max_wavelength`) need an even "
-                f"`key_dim`. Received: key_dim={key_dim}"
-            )
         self.use_bias = bool(use_bias)
         self.use_gate = bool(use_gate)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -227,10 +231,6 @@ class MultiHeadAttention(CompositeLayer):
         )
         self.kernel_constraint = keras.constraints.get(kernel_constraint)
         self.bias_constraint = keras.constraints.get(bias_constraint)
-
-    @property
-    def _kv_heads(self):
-        return self.num_key_value_heads or self.num_heads
 
     def _einsum_dense(self, name, free_dims, bound_dims, output_shape, **kw):
         equation, bias_axes = projection_equation(
@@ -290,7 +290,7 @@ class MultiHeadAttention(CompositeLayer):
         )
         self.query_dense.build(query_shape)
         self.key_dense = self._einsum_dense(
-            "key", free, 1, (self._kv_heads, self.key_dim)
+            "key", free, 1, (self.attention_config.kv_heads, self.key_dim)
         )
         self.key_dense.build(key_shape)
         if self.use_gate:
@@ -303,7 +303,7 @@ class MultiHeadAttention(CompositeLayer):
             )
             self.gate_dense.build(query_shape)
         self.value_dense = self._einsum_dense(
-            "value", free, 1, (self._kv_heads, self.value_dim)
+            "value", free, 1, (self.attention_config.kv_heads, self.value_dim)
         )
         self.value_dense.build(value_shape)
         self.output_dense = self._einsum_dense(
@@ -347,32 +347,21 @@ class MultiHeadAttention(CompositeLayer):
         use_causal_mask=False,
         attention_bias=None,
         mask=None,
-        _inputs_checked=False,
     ):
         self_attention = value is None
         value = query if value is None else value
         key = value if key is None else key
-        # `_inputs_checked`: the caller (`TransformerEncoder`) checked the
-        # tensors and masks and merged its masks into `attention_mask`.
-        if not _inputs_checked:
-            self._check_inputs(query, value, key)
-            self._check_masks(
-                query,
-                value,
-                query_mask=query_mask,
-                value_mask=value_mask,
-                key_mask=key_mask,
-                attention_mask=attention_mask,
-            )
-            check_implementation(
-                self.implementation,
-                return_attention_scores,
-                self.flash_attention,
-                self.logit_soft_cap,
-            )
-            check_layer_attention_bias(
-                attention_bias, query, value, self.num_heads
-            )
+        self._check_inputs(query, value, key)
+        self._check_masks(
+            query,
+            value,
+            query_mask=query_mask,
+            value_mask=value_mask,
+            key_mask=key_mask,
+            attention_mask=attention_mask,
+        )
+        self.attention_config.check_call(return_attention_scores)
+        check_attention_bias(attention_bias, query, value, self.num_heads)
         if self_attention:
             query_mask = merge_masks(query_mask, mask)
             value_mask = merge_masks(value_mask, query_mask)
@@ -480,14 +469,14 @@ class MultiHeadAttention(CompositeLayer):
             keys = self.rotary_embedding(keys)
         if attention_bias is not None and len(attention_bias.shape) == 3:
             attention_bias = ops.expand_dims(attention_bias, 1)
-        result = attend(
-            self,
+        result = self.attention_config.attend(
             queries,
             keys,
             values,
             mask,
             use_causal_mask,
             1.0 / float(self.key_dim) ** 0.5,
+            self.seed_generator,
             training,
             return_attention_scores,
             attention_bias=attention_bias,
@@ -552,13 +541,10 @@ class MultiHeadAttention(CompositeLayer):
                 "num_heads": self.num_heads,
                 "key_dim": self.key_dim,
                 "value_dim": self.value_dim,
-                "dropout": self.dropout,
                 "use_bias": self.use_bias,
                 "use_gate": self.use_gate,
                 "output_shape": self._output_shape,
                 "attention_axes": self.attention_axes,
-                "sliding_window": self.sliding_window,
-                "flash_attention": self.flash_attention,
                 **initializers_config(self),
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
@@ -575,11 +561,7 @@ class MultiHeadAttention(CompositeLayer):
                 "bias_constraint": keras.constraints.serialize(
                     self.bias_constraint
                 ),
-                "seed": self.seed,
-                "num_key_value_heads": self.num_key_value_heads,
-                "implementation": self.implementation,
-                "logit_soft_cap": self.logit_soft_cap,
-                **self._position_options,
+                **self.attention_config.options(),
             }
         )
         return config

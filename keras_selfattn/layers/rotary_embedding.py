@@ -4,7 +4,8 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_float
-from keras_selfattn.ops import apply_rotary, index_range, rotary_cos_sin
+from keras_selfattn.ops.masks import index_range
+from keras_selfattn.ops.positions import apply_rotary, rotary_cos_sin
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")

@@ -4,11 +4,11 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_int
-from keras_selfattn.layers._common import (
-    attend,
-    check_self_attention_call,
-    set_attention_options,
+from keras_selfattn.layers.attention_config import (
+    AttentionConfig,
+    forward_options,
 )
+from keras_selfattn.layers.call_inputs import check_self_attention_call
 from keras_selfattn.layers.composite import (
     CompositeLayer,
     clone_initializer,
@@ -16,10 +16,10 @@ from keras_selfattn.layers.composite import (
     restore_sublayers,
     sublayer_dtype,
 )
-from keras_selfattn.ops import check_implementation
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
+@forward_options("dropout", "seed", "implementation")
 class SelfAttention(CompositeLayer):
     """Single-head scaled dot-product self-attention.
 
@@ -87,7 +87,11 @@ class SelfAttention(CompositeLayer):
                 f"use_projections={use_projections}"
             )
         self.use_bias = bool(use_bias)
-        set_attention_options(self, dropout, seed, implementation)
+        self.attention_config = AttentionConfig(
+            dropout=dropout, seed=seed, implementation=implementation
+        )
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
@@ -127,7 +131,7 @@ class SelfAttention(CompositeLayer):
         attention_mask = check_self_attention_call(
             inputs, self.width, padding_mask, attention_mask, mask
         )
-        check_implementation(self.implementation, return_attention_scores)
+        self.attention_config.check_call(return_attention_scores)
         if attention_mask is not None:
             attention_mask = ops.expand_dims(attention_mask, 1)
 
@@ -138,14 +142,14 @@ class SelfAttention(CompositeLayer):
         else:
             query = key = value = inputs
         query, key, value = (ops.expand_dims(t, 2) for t in (query, key, value))
-        result = attend(
-            self,
+        result = self.attention_config.attend(
             query,
             key,
             value,
             attention_mask,
             use_causal_mask,
             None,  # 1 / sqrt(width)
+            self.seed_generator,
             training,
             return_attention_scores,
         )
@@ -183,10 +187,10 @@ class SelfAttention(CompositeLayer):
                 "use_projections": self.use_projections,
                 "units": self.units,
                 "use_bias": self.use_bias,
-                "dropout": self.dropout,
                 **initializers_config(self),
-                "seed": self.seed,
-                "implementation": self.implementation,
+                **self.attention_config.options(
+                    "dropout", "seed", "implementation"
+                ),
             }
         )
         return config

@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_float
-from keras_selfattn.ops import index_range
+from keras_selfattn.ops.masks import index_range
 
 
 def sinusoidal_positions(

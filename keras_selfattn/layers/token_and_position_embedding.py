@@ -9,7 +9,7 @@ from keras_selfattn._validation import (
     check_positive_int,
     static_shape,
 )
-from keras_selfattn.layers._common import (
+from keras_selfattn.layers.call_inputs import (
     check_int_input,
 )
 from keras_selfattn.layers.composite import (
@@ -18,7 +18,7 @@ from keras_selfattn.layers.composite import (
     restore_sublayers,
     sublayer_dtype,
 )
-from keras_selfattn.ops import index_range
+from keras_selfattn.ops.masks import index_range
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     sinusoidal_positions,
 )

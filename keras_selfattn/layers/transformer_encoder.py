@@ -7,11 +7,11 @@ from keras_selfattn._validation import (
     check_positive_int,
     check_rate,
 )
-from keras_selfattn.layers._common import (
-    check_layer_attention_bias,
-    check_position_options,
-    check_self_attention_call,
+from keras_selfattn.layers.attention_config import (
+    AttentionConfig,
+    forward_options,
 )
+from keras_selfattn.layers.call_inputs import check_self_attention_call
 from keras_selfattn.layers.composite import (
     CompositeLayer,
     clone_initializer,
@@ -20,10 +20,27 @@ from keras_selfattn.layers.composite import (
     sublayer_dtype,
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
-from keras_selfattn.ops import check_implementation
+
+# The attention options this layer takes, as `MultiHeadAttention` does
+# (its own `dropout` is the residual branches' rate).
+ATTENTION_OPTIONS = (
+    "num_heads",
+    "num_key_value_heads",
+    "seed",
+    "implementation",
+    "sliding_window",
+    "logit_soft_cap",
+    "position_bias",
+    "rotary_max_wavelength",
+    "rotary_scaling_factor",
+    "alibi_bias_max",
+    "relative_num_buckets",
+    "relative_max_distance",
+)
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
+@forward_options(*ATTENTION_OPTIONS)
 class TransformerEncoder(CompositeLayer):
     """One Transformer encoder block (Vaswani et al. 2017).
 
@@ -106,53 +123,44 @@ class TransformerEncoder(CompositeLayer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = check_positive_int("num_heads", num_heads)
         self.intermediate_dim = check_positive_int(
             "intermediate_dim", intermediate_dim
         )
         self.dropout = check_rate("dropout", dropout)
+        # keras-hub's `attention_dropout` defaults to `dropout`; kept as
+        # given for the config.
         self.attention_dropout = (
             None
             if attention_dropout is None
             else check_rate("attention_dropout", attention_dropout)
         )
-        self.sliding_window = check_positive_int(
-            "sliding_window", sliding_window, allow_none=True
-        )
-        self.logit_soft_cap = check_positive_float(
-            "logit_soft_cap", logit_soft_cap, allow_none=True
-        )
-        self.implementation = check_implementation(
-            implementation,
-            needs_probabilities=self._attention_dropout_rate > 0.0,
-            logit_soft_cap=self.logit_soft_cap,
-        )
-        self._position_options = check_position_options(
-            position_bias,
-            rotary_max_wavelength,
-            rotary_scaling_factor,
-            alibi_bias_max,
-            relative_num_buckets,
-            relative_max_distance,
+        self.attention_config = AttentionConfig(
+            num_heads=num_heads,
+            num_key_value_heads=num_key_value_heads,
+            dropout=(
+                self.dropout
+                if attention_dropout is None
+                else self.attention_dropout
+            ),
+            seed=seed,
+            implementation=implementation,
+            sliding_window=sliding_window,
+            logit_soft_cap=logit_soft_cap,
+            position_bias=position_bias,
+            rotary_max_wavelength=rotary_max_wavelength,
+            rotary_scaling_factor=rotary_scaling_factor,
+            alibi_bias_max=alibi_bias_max,
+            relative_num_buckets=relative_num_buckets,
+            relative_max_distance=relative_max_distance,
         )
         self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)
         self.layer_norm_epsilon = check_positive_float(
             "layer_norm_epsilon", layer_norm_epsilon
         )
-        self.num_key_value_heads = check_positive_int(
-            "num_key_value_heads", num_key_value_heads, allow_none=True
-        )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.seed = seed
         self.supports_masking = True
-
-    @property
-    def _attention_dropout_rate(self):
-        if self.attention_dropout is None:
-            return self.dropout
-        return self.attention_dropout
 
     def _dense(self, units, name, activation=None):
         return keras.layers.Dense(
@@ -190,15 +198,9 @@ class TransformerEncoder(CompositeLayer):
         self.self_attention = MultiHeadAttention(
             num_heads=self.num_heads,
             key_dim=width // self.num_heads,
-            num_key_value_heads=self.num_key_value_heads,
-            dropout=self._attention_dropout_rate,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
-            seed=self.seed,
-            implementation=self.implementation,
-            sliding_window=self.sliding_window,
-            logit_soft_cap=self.logit_soft_cap,
-            **self._position_options,
+            attention_config=self.attention_config,
             dtype=self.dtype_policy,
             name="self_attention",
         )
@@ -238,15 +240,6 @@ class TransformerEncoder(CompositeLayer):
         attention_mask = check_self_attention_call(
             inputs, self.width, padding_mask, attention_mask, mask
         )
-        check_implementation(
-            self.implementation,
-            return_attention_scores,
-            None,
-            self.logit_soft_cap,
-        )
-        check_layer_attention_bias(
-            attention_bias, inputs, inputs, self.num_heads
-        )
 
         residual = inputs
         x = (
@@ -254,16 +247,15 @@ class TransformerEncoder(CompositeLayer):
             if self.norm_first
             else inputs
         )
-        # Checked and merged above, so the sublayer checks nothing again.
-        # Called through `__call__`: Keras hands it the implicit mask of `x`
-        # even when masks are passed here too (this call then gets none).
+        # The masks merged above. Called through `__call__`: Keras hands it
+        # the implicit mask of `x` even when masks are passed here too (this
+        # call then gets none).
         x = self.self_attention(
             x,
             attention_mask=attention_mask,
             return_attention_scores=return_attention_scores,
             training=training,
             attention_bias=attention_bias,
-            _inputs_checked=True,
         )
         if return_attention_scores:
             x, scores = x
@@ -303,20 +295,14 @@ class TransformerEncoder(CompositeLayer):
         config = super().get_config()
         config.update(
             {
-                "num_heads": self.num_heads,
                 "intermediate_dim": self.intermediate_dim,
                 "dropout": self.dropout,
                 "activation": keras.activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                "num_key_value_heads": self.num_key_value_heads,
                 **initializers_config(self),
-                "seed": self.seed,
                 "attention_dropout": self.attention_dropout,
-                "implementation": self.implementation,
-                "sliding_window": self.sliding_window,
-                "logit_soft_cap": self.logit_soft_cap,
-                **self._position_options,
+                **self.attention_config.options(*ATTENTION_OPTIONS),
             }
         )
         return config

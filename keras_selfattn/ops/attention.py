@@ -1,4 +1,4 @@
-"""Scaled dot-product attention: the public op and the choice of path.
+"""Scaled dot-product attention: the public op and the table of paths.
 
 Layout follows `keras.ops.dot_product_attention`: query `(B, T, H, D)`,
 key `(B, S, Hkv, D)`, value `(B, S, Hkv, Dv)`, output `(B, T, H, Dv)`.
@@ -13,8 +13,9 @@ Semantics kept on every backend, eager and compiled:
 - grouped-query attention when `Hkv` divides `H` (query heads
   `g * (H // Hkv) ... (g + 1) * (H // Hkv) - 1` share key/value head `g`).
 
-Three implementations keep these semantics (`implementation=`), one module
-each:
+`attention_core` describes a call once (`AttentionProblem`) and runs it
+on one of the paths of `PATHS`, each a function of that problem in a
+module of its own, each saying what it supports (`AttentionPath`):
 
 - `"einsum"` (`ops.einsum`): materialises the `(B, H, T, S)` probabilities;
   the only one that applies attention dropout or returns the probabilities;
@@ -25,15 +26,15 @@ each:
   recomputing custom gradient: O(T * block) memory in the forward and the
   backward pass;
 
-and `"auto"` picks one by backend, device and key length (see
-`choose_implementation`).
+and `"auto"` picks one by backend, device, key length and what the call
+needs (see `choose_implementation`), never one that the current trace
+cannot carry.
 """
 
+import dataclasses
 import functools
-import math
 
 import keras
-from keras import ops
 
 from keras_selfattn._validation import (
     check_choice,
@@ -42,28 +43,54 @@ from keras_selfattn._validation import (
     check_rate,
     static_shape,
 )
-from keras_selfattn.ops.blockwise import blockwise_attention
+from keras_selfattn.ops.blockwise import blockwise_path
 from keras_selfattn.ops.checks import (
     check_attention_bias,
     check_attention_mask,
     check_position_bias,
     check_qkv,
 )
-from keras_selfattn.ops.einsum import einsum_attention
-from keras_selfattn.ops.fused import fused_attention
-from keras_selfattn.ops.masks import as_bool, merge_masks, sliding_window_mask
+from keras_selfattn.ops.einsum import einsum_path
+from keras_selfattn.ops.fused import fused_path
+from keras_selfattn.ops.problem import describe_problem
 
-IMPLEMENTATIONS = ("auto", "einsum", "fused", "blockwise")
-# Keys per block of the blockwise path. Measured (forward + backward, batch
-# 2, width 256, 4 heads): 128 and 256 tie at 4096 keys on JAX and
-# TensorFlow; at 1024 keys 128 is faster on TensorFlow and ties on JAX.
-BLOCK_SIZE = 128
+BACKENDS = ("jax", "tensorflow", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionPath:
+    """One attention path and what it supports.
+
+    Attributes:
+        run: `run(problem) -> (output, probabilities or None)`.
+        gives_probabilities: applies attention dropout and returns the
+            probabilities.
+        caps_logits: applies `logit_soft_cap`.
+        runs_flash: can run the backend's flash kernel.
+        exports_on: the backends whose exporters (`model.export`) trace
+            it under sizes known only at run time.
+    """
+
+    run: object
+    gives_probabilities: bool = False
+    caps_logits: bool = True
+    runs_flash: bool = False
+    exports_on: tuple = BACKENDS
+
+
+PATHS = {
+    "einsum": AttentionPath(einsum_path, gives_probabilities=True),
+    "fused": AttentionPath(fused_path, caps_logits=False, runs_flash=True),
+    # jax2onnx, jax2tf's gradient and torch.export cannot convert its
+    # loop's custom gradient or its bounds, read from the mask.
+    "blockwise": AttentionPath(blockwise_path, exports_on=("tensorflow",)),
+}
+IMPLEMENTATIONS = ("auto", *PATHS)
 # "auto" on a CPU with JAX/TensorFlow: blockwise from this key length up.
 BLOCKWISE_MIN_LENGTH = 256
 # "auto" with a backend's fused kernel and a sliding window: blockwise (its
 # band) from this many windows of keys up, the fused kernel's dense mask
-# below. Measured on torch, window 256, forward + backward, fused vs
-# blockwise: 0.147 vs 0.192 s at 2048 keys, 0.679 vs 0.363 s at 4096.
+# below (`benchmarks/attention.py`).
 SPARSE_BAND_WINDOWS = 12
 
 
@@ -202,7 +229,9 @@ def attention_core(
     Trusts its arguments: callers pass what `scaled_dot_product_attention`
     checks (shapes, dtypes, mask, rate, `check_implementation`), and every
     argument, with the same meaning (`scale=None`: `1 / sqrt(D)`). The
-    layers call it after checking their own inputs.
+    layers call it after checking their own inputs. The call is described
+    once (`describe_problem`) and run on the path `implementation` names,
+    or on the one `"auto"` picks for it.
 
     Example:
 
@@ -215,72 +244,27 @@ def attention_core(
     >>> tuple(out.shape)
     (1, 2, 1, 4)
     """
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    implementation = _resolve_implementation(
-        implementation,
-        key_length=static_shape(key)[1],
-        needs_probabilities=dropout_rate > 0.0 or return_attention_scores,
-        flash_attention=flash_attention,
-        sliding_window=sliding_window,
-        tiled_features=(
-            position_bias is not None or logit_soft_cap is not None
-        ),
-    )
-    if mask is not None:
-        mask = as_bool(mask)
-        if len(mask.shape) == 2:
-            mask = mask[None, None]
-    if attention_bias is not None:
-        attention_bias = ops.convert_to_tensor(attention_bias)
-        if len(attention_bias.shape) == 2:
-            attention_bias = attention_bias[None, None]
-    if implementation == "blockwise":  # builds its window tile by tile
-        return blockwise_attention(
-            query,
-            key,
-            value,
-            mask,
-            is_causal,
-            scale,
-            BLOCK_SIZE,
-            sliding_window,
-            bias=attention_bias,
-            position_bias=position_bias,
-            logit_soft_cap=logit_soft_cap,
-        )
-    if sliding_window is not None:
-        window = sliding_window_mask(
-            ops.shape(query)[1], ops.shape(key)[1], sliding_window
-        )
-        mask = merge_masks(mask, window[None, None])
-    if implementation == "fused":
-        return fused_attention(
-            query,
-            key,
-            value,
-            mask,
-            is_causal,
-            scale,
-            flash_attention,
-            bias=attention_bias,
-            position_bias=position_bias,
-        )
-    output, probs = einsum_attention(
+    problem = describe_problem(
         query,
         key,
         value,
-        mask,
-        is_causal,
-        scale,
-        dropout_rate,
-        seed,
-        bias=attention_bias,
+        mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        dropout_rate=dropout_rate,
+        seed=seed,
+        return_attention_scores=return_attention_scores,
+        sliding_window=sliding_window,
+        flash_attention=flash_attention,
+        attention_bias=attention_bias,
         position_bias=position_bias,
         logit_soft_cap=logit_soft_cap,
     )
+    output, probabilities = PATHS[_path_for(implementation, problem)].run(
+        problem
+    )
     if return_attention_scores:
-        return output, probs
+        return output, probabilities
     return output
 
 
@@ -293,10 +277,11 @@ def check_implementation(
     """Return `implementation` if it is known and gives what is needed.
 
     Attention dropout and returned probabilities (`needs_probabilities`)
-    need `"einsum"`, or `"auto"`, which then picks it. `flash_attention`
-    (None or a bool) True needs `"fused"` or `"auto"`, and no
-    probabilities. A `logit_soft_cap` needs a path other than `"fused"`
-    (keras' kernel caps logits on TPUs only).
+    need a path that gives them (`"einsum"`), or `"auto"`, which then
+    picks it. `flash_attention` (None or a bool) True needs a path that
+    runs the flash kernel (`"fused"`) or `"auto"`, and no probabilities.
+    A `logit_soft_cap` needs a path that caps logits (not `"fused"`:
+    keras' kernel caps logits on TPUs only).
 
     Example:
 
@@ -304,7 +289,8 @@ def check_implementation(
     'fused'
     """
     check_choice("implementation", implementation, IMPLEMENTATIONS)
-    if needs_probabilities and implementation not in ("auto", "einsum"):
+    path = PATHS.get(implementation)  # None for "auto"
+    if needs_probabilities and path and not path.gives_probabilities:
         raise ValueError(
             "Attention dropout and returned attention scores need "
             "implementation='einsum' (or 'auto'). Received: "
@@ -315,7 +301,7 @@ def check_implementation(
             "`flash_attention` must be None, True or False. Received: "
             f"flash_attention={flash_attention!r}"
         )
-    if flash_attention and implementation not in ("auto", "fused"):
+    if flash_attention and path and not path.runs_flash:
         raise ValueError(
             "flash_attention=True runs the backend's flash kernel, which "
             "only implementation='fused' (or 'auto') calls. Received: "
@@ -328,7 +314,7 @@ def check_implementation(
             "flash_attention=None or False. Received: flash_attention=True"
         )
     if logit_soft_cap is not None and (
-        implementation == "fused" or flash_attention
+        flash_attention or (path and not path.caps_logits)
     ):
         raise ValueError(
             "`logit_soft_cap` needs implementation='einsum', 'blockwise' or "
@@ -347,8 +333,9 @@ def choose_implementation(
     flash_attention=None,
     sliding_window=None,
     tiled_features=False,
+    symbolic=None,
 ):
-    """The attention implementation to run: `implementation` unless "auto".
+    """The attention path to run: `implementation` unless "auto".
 
     "auto" picks, from `benchmarks/attention.py` measurements:
     `"fused"` when `flash_attention=True`;
@@ -359,10 +346,13 @@ def choose_implementation(
     `sliding_window` with `SPARSE_BAND_WINDOWS` windows of keys or more
     (the blockwise path then visits only the band);
     otherwise `"blockwise"` from `BLOCKWISE_MIN_LENGTH` keys up, or when
-    the length is unknown, and `"einsum"` below. On JAX and torch only
-    export leaves the length unknown, and their exporters need a path
-    without loops: then `"fused"` where the fused kernel runs, else
-    `"einsum"`.
+    the length is unknown, and `"einsum"` below.
+
+    `symbolic` (default: `key_length is None`) says the call is traced
+    with a size known only at run time (the batch, the lengths). On JAX
+    and torch only `model.export` traces so, and "auto" then picks a path
+    that exports on the backend (`AttentionPath.exports_on`): `"fused"`
+    where the fused kernel runs, else `"einsum"`.
 
     Example:
 
@@ -372,25 +362,6 @@ def choose_implementation(
     'einsum'
     """
     check_implementation(implementation, needs_probabilities, flash_attention)
-    return _resolve_implementation(
-        implementation,
-        key_length,
-        needs_probabilities,
-        flash_attention,
-        sliding_window,
-        tiled_features,
-    )
-
-
-def _resolve_implementation(
-    implementation,
-    key_length,
-    needs_probabilities,
-    flash_attention=None,
-    sliding_window=None,
-    tiled_features=False,
-):
-    """`choose_implementation` for checked arguments."""
     if implementation != "auto":
         return implementation
     if flash_attention:
@@ -401,19 +372,35 @@ def _resolve_implementation(
     fused_kernel = backend == "torch" or (
         backend == "jax" and _accelerator() != "cpu"
     )
+    if symbolic is None:
+        symbolic = key_length is None
+    if symbolic and backend not in PATHS["blockwise"].exports_on:
+        return "fused" if fused_kernel and not tiled_features else "einsum"
     sparse_band = sliding_window is not None and (
         key_length is None or key_length >= SPARSE_BAND_WINDOWS * sliding_window
     )
-    if key_length is None and backend != "tensorflow":
-        # Only export leaves a JAX or torch length unknown, and their
-        # exporters cannot convert the blockwise loop (its custom gradient,
-        # its bounds read from the mask; README, "Deploy").
-        return "fused" if fused_kernel and not tiled_features else "einsum"
     if fused_kernel and not (tiled_features or sparse_band):
         return "fused"
     if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
         return "blockwise"
     return "einsum"
+
+
+def _path_for(implementation, problem):
+    """The name of the path that runs `problem`: `choose_implementation`
+    with what the problem needs, and whether any of its sizes (batch,
+    lengths) is known only at run time."""
+    query_shape = static_shape(problem.query)
+    key_length = static_shape(problem.key)[1]
+    return choose_implementation(
+        implementation,
+        key_length=key_length,
+        needs_probabilities=problem.needs_probabilities,
+        flash_attention=problem.flash_attention,
+        sliding_window=problem.sliding_window,
+        tiled_features=problem.tiled_features,
+        symbolic=None in (*query_shape[:2], key_length),
+    )
 
 
 @functools.lru_cache(maxsize=None)

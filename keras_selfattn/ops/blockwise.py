@@ -25,7 +25,7 @@ instead of the O(T * S) that automatic differentiation through the loop
 would store. It also gives the gradients of the bias and of the position
 bias' parameters.
 
-`blockwise_attention` takes the `(B, T, H, D)` layout of the other paths;
+`blockwise_path` takes the `AttentionProblem` of the other paths;
 the kernel below it is float32 and heads-first: query `(B, H, T, D)`, key
 `(B, H, S, D)`, value `(B, H, S, Dv)`, with `T` and `S` multiples of their
 block sizes.
@@ -35,90 +35,56 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import static_shape
-from keras_selfattn.ops.einsum import (
-    SOFTMAX_DTYPE,
-    cap_logits,
-    einsum_attention,
-)
+from keras_selfattn.ops.einsum import SOFTMAX_DTYPE, cap_logits, einsum_path
 from keras_selfattn.ops.masks import MASKED_LOGIT, index_range, merge_masks
 
 # Finite float32 maximum: an empty row's log-sum-exp never makes inf - inf.
 _EMPTY_ROW_LSE = float(3.4028234663852886e38)
+# Keys per block (twice that from LARGE_BLOCKS_FROM_KEYS keys); the sizes
+# below were chosen by `benchmarks/attention.py` (README, "Benchmarks").
+BLOCK_SIZE = 128
 # Query rows per block when a causal mask or a window bounds the keys: a
-# query block and its band of key blocks make one tile loop. Not tuned yet
-# (a window w costs about (256 + 2w) keys per query row).
+# query block and its band of key blocks make one tile loop (a window w
+# costs about (QUERY_BLOCK_SIZE + 2w) keys per query row).
 QUERY_BLOCK_SIZE = 256
 # Long sequences (static lengths): from this many keys the key blocks are
-# twice `block_size` (fatter products, half the loop steps), and without a
-# band, from this many query rows the queries are cut into blocks of
-# UNBANDED_QUERY_BLOCK rows, so that a tile stays small enough for the
-# caches. Measured, forward + backward, batch 2, 4 heads of 64, 4096
-# tokens, one process (README "Benchmarks"): 0.83 -> 0.72 s on
-# TensorFlow, 0.83 -> 0.77 s on JAX; at 2048 tokens the query blocks cost
-# 10% and the larger key blocks tie, at 1024 those cost 10%.
+# twice BLOCK_SIZE (fatter products, half the loop steps), and without a
+# band, from UNBANDED_QUERY_BLOCKS_FROM query rows the queries are cut
+# into blocks of UNBANDED_QUERY_BLOCK rows, so that a tile stays small
+# enough for the caches.
 LARGE_BLOCKS_FROM_KEYS = 2048
 UNBANDED_QUERY_BLOCK = 1024
 UNBANDED_QUERY_BLOCKS_FROM = 4096
 
 
-def blockwise_attention(
-    query,
-    key,
-    value,
-    mask,
-    is_causal,
-    scale,
-    block_size,
-    sliding_window=None,
-    bias=None,
-    position_bias=None,
-    logit_soft_cap=None,
-):
-    """The blockwise path on `(B, T, H, D)` inputs, in the value's dtype.
+def blockwise_path(problem):
+    """The blockwise path on an `AttentionProblem`: `(output, None)`, the
+    output in the value's dtype.
 
-    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None;
-    `sliding_window` (or None) keeps the keys `j` with `|i - j| < window`;
-    `bias` (rank 4, broadcastable, or None) and `position_bias` (a
-    `PositionBias` or None) are added to the logits before the soft cap
-    `logit_soft_cap` (or None). Keys are padded up to whole blocks of
-    `block_size` (twice that from LARGE_BLOCKS_FROM_KEYS keys, fewer when
-    there are fewer keys), and tiled queries up to whole query blocks, the
-    padding masked; a length known only at run time is padded in-graph.
+    The window keeps the keys `j` with `|i - j| < window`, tile by tile;
+    the biases are added to the logits before the soft cap. Keys are
+    padded up to whole blocks of `BLOCK_SIZE` (twice that from
+    LARGE_BLOCKS_FROM_KEYS keys, fewer when there are fewer keys), and
+    tiled queries up to whole query blocks, the padding masked; a length
+    known only at run time is padded in-graph.
     """
-    query_length, key_length = static_shape(query)[1], static_shape(key)[1]
-    if key_length is None:
-        key_length = ops.shape(key)[1]
-        if key_length is None:  # symbolic inputs: only the output spec
-            output, _ = einsum_attention(
-                query, key, value, mask, is_causal, scale
-            )
-            return output
-        dynamic_keys = True
-    else:
-        dynamic_keys = False
-        if key_length >= LARGE_BLOCKS_FROM_KEYS:
-            block_size *= 2
-        block_size = min(block_size, key_length)
-    banded = is_causal or sliding_window is not None
-    query_block = _query_block_size(query_length, banded)
-    if query_block is not None:
-        query_padding = _padding(query_length, query_block)
-        num_query_blocks = (query_length + query_padding) // query_block
-    else:
-        # One block of all the query rows. A band over a length known only
-        # at run time (an exported graph) is masked tile by tile instead:
-        # the loop over query blocks would need writes or stacked outputs
-        # that LiteRT's built-in ops lack.
-        query_length = ops.shape(query)[1]
-        query_block, query_padding, num_query_blocks = query_length, 0, 1
+    query, key, value = problem.query, problem.key, problem.value
+    if ops.shape(key)[1] is None:  # symbolic inputs: only the output spec
+        return einsum_path(problem)[0], None
+    key_length, block_size, dynamic_keys = _key_blocks(key)
+    banded = problem.is_causal or problem.sliding_window is not None
+    query_length, query_block, query_padding, num_query_blocks = _query_blocks(
+        query, banded
+    )
     key_padding = _padding(key_length, block_size)
     groups = query.shape[2] // key.shape[2]
-    dtype = value.dtype
-    query = ops.cast(query, SOFTMAX_DTYPE) * ops.cast(scale, SOFTMAX_DTYPE)
+    scale = ops.cast(problem.scale, SOFTMAX_DTYPE)
+    query = ops.cast(query, SOFTMAX_DTYPE) * scale
     query = _heads_first(query, 1, query_padding)
     key = _heads_first(key, groups, key_padding)
+    value_dtype = value.dtype
     value = _heads_first(value, groups, key_padding)
-    pads_keys = dynamic_keys or key_padding > 0
+    mask, bias = problem.mask, problem.attention_bias
     if mask is not None:
         mask = _pad_tiles_source(mask, query_padding, key_padding, False)
     if bias is not None:
@@ -129,20 +95,48 @@ def blockwise_attention(
         mask=mask,
         query_length=query_length,
         key_length=key_length,
-        pads_keys=pads_keys,
-        is_causal=is_causal,
-        sliding_window=sliding_window,
+        pads_keys=dynamic_keys or key_padding > 0,
+        is_causal=problem.is_causal,
+        sliding_window=problem.sliding_window,
         query_block=query_block,
         block_size=block_size,
         num_query_blocks=num_query_blocks,
         num_blocks=_num_blocks(key, block_size),
-        position_bias=position_bias,
-        logit_soft_cap=logit_soft_cap,
+        position_bias=problem.position_bias,
+        logit_soft_cap=problem.logit_soft_cap,
     )
     output = _online_softmax_attention(query, key, value, bias, tiling)
     if not (isinstance(query_padding, int) and query_padding == 0):
         output = output[:, :, :query_length]
-    return ops.cast(ops.swapaxes(output, 1, 2), dtype)
+    return ops.cast(ops.swapaxes(output, 1, 2), value_dtype), None
+
+
+def _key_blocks(key):
+    """`(key_length, block_size, dynamic)`: the number of keys (a tensor
+    when known only at run time, `dynamic`) and the keys per block."""
+    key_length = static_shape(key)[1]
+    if key_length is None:
+        return ops.shape(key)[1], BLOCK_SIZE, True
+    block_size = BLOCK_SIZE
+    if key_length >= LARGE_BLOCKS_FROM_KEYS:
+        block_size *= 2
+    return key_length, min(block_size, key_length), False
+
+
+def _query_blocks(query, banded):
+    """`(query_length, query_block, query_padding, num_query_blocks)`."""
+    query_length = static_shape(query)[1]
+    query_block = _query_block_size(query_length, banded)
+    if query_block is None:
+        # One block of all the query rows. A band over a length known only
+        # at run time (an exported graph) is masked tile by tile instead:
+        # the loop over query blocks would need writes or stacked outputs
+        # that LiteRT's built-in ops lack.
+        query_length = ops.shape(query)[1]
+        return query_length, query_length, 0, 1
+    query_padding = _padding(query_length, query_block)
+    num_query_blocks = (query_length + query_padding) // query_block
+    return query_length, query_block, query_padding, num_query_blocks
 
 
 def _query_block_size(query_length, banded):

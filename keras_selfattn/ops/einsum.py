@@ -12,41 +12,33 @@ from keras_selfattn.ops.masks import MASKED_LOGIT, causal_mask, merge_masks
 SOFTMAX_DTYPE = "float32"
 
 
-def einsum_attention(
-    query,
-    key,
-    value,
-    mask,
-    is_causal,
-    scale,
-    dropout_rate=0.0,
-    seed=None,
-    bias=None,
-    position_bias=None,
-    logit_soft_cap=None,
-):
-    """Output `(B, T, H, Dv)` and probabilities `(B, H, T, S)`, both in the
-    value's dtype; `mask` is boolean, broadcastable to `(B, H, T, S)`;
-    `bias` (broadcastable, or None) and `position_bias` (a `PositionBias`
-    or None) are added to the logits before the soft cap `logit_soft_cap`
-    (or None)."""
-    if is_causal:
+def einsum_path(problem):
+    """Output `(B, T, H, Dv)` and probabilities `(B, H, T, S)` of an
+    `AttentionProblem`, both in the value's dtype: the biases are added
+    to the logits before the soft cap, the window and causal masks merged
+    into the mask, and dropout applied to the probabilities used (not to
+    the ones returned)."""
+    query, key, value = problem.query, problem.key, problem.value
+    mask = problem.banded_mask()
+    if problem.is_causal:
         mask = merge_masks(
             mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         )
-    query = ops.multiply(query, ops.cast(scale, query.dtype))
+    query = ops.multiply(query, ops.cast(problem.scale, query.dtype))
     logits = _attention_logits(query, key)
-    if bias is not None:
-        logits = logits + ops.cast(bias, SOFTMAX_DTYPE)
-    if position_bias is not None:
-        logits = logits + position_bias.full(
+    if problem.attention_bias is not None:
+        logits = logits + ops.cast(problem.attention_bias, SOFTMAX_DTYPE)
+    if problem.position_bias is not None:
+        logits = logits + problem.position_bias.full(
             ops.shape(query)[1], ops.shape(key)[1]
         )
-    logits = cap_logits(logits, logit_soft_cap)
+    logits = cap_logits(logits, problem.logit_soft_cap)
     probs = _masked_softmax(logits, mask)
     weights = probs
-    if dropout_rate > 0.0:
-        weights = keras.random.dropout(weights, dropout_rate, seed=seed)
+    if problem.dropout_rate > 0.0:
+        weights = keras.random.dropout(
+            weights, problem.dropout_rate, seed=problem.seed
+        )
     output = _attend(ops.cast(weights, value.dtype), value)
     return output, ops.cast(probs, value.dtype)
 

@@ -13,46 +13,42 @@ from keras import ops
 from keras_selfattn.ops.masks import causal_mask, masked_logit, merge_masks
 
 
-def fused_attention(
-    query,
-    key,
-    value,
-    mask,
-    is_causal,
-    scale,
-    flash_attention=None,
-    bias=None,
-    position_bias=None,
-):
-    """`keras.ops.dot_product_attention`, with empty rows set to zeros.
+def fused_path(problem):
+    """`keras.ops.dot_product_attention` on an `AttentionProblem`, with
+    empty rows set to zeros; returns `(output, None)`.
 
-    `mask` is boolean, rank 4, broadcastable to `(B, H, T, S)`, or None;
     `flash_attention` as in `keras.ops.dot_product_attention` (None also
-    honours `keras.config.disable_flash_attention()`). `bias` (rank 4,
-    broadcastable, or None) and `position_bias` (a `PositionBias`, built
-    whole here) are added to the logits; with either, the mask is folded
-    into that bias (torch's kernel takes a bias or a mask, not both).
-    Not every backend's kernel takes grouped key/value heads or a value
-    size other than the key size, so key/value heads are repeated and the
-    head sizes zero-padded to one size (neither changes the result). The
-    kernels give a row whose keys are all masked the mean of the values;
-    `ops.where` replaces it with zeros, which also zeroes the gradient
-    flowing into that row.
+    honours `keras.config.disable_flash_attention()`). The attention bias
+    and the position bias (built whole here) are added to the logits;
+    with either, the mask is folded into that bias (torch's kernel takes
+    a bias or a mask, not both). Not every backend's kernel takes grouped
+    key/value heads or a value size other than the key size, so key/value
+    heads are repeated and the head sizes zero-padded to one size
+    (neither changes the result). The kernels give a row whose keys are
+    all masked the mean of the values; `ops.where` replaces it with
+    zeros, which also zeroes the gradient flowing into that row.
     """
-    if position_bias is not None:
-        full = position_bias.full(ops.shape(query)[1], ops.shape(key)[1])
+    query, key, value = problem.query, problem.key, problem.value
+    mask, bias = problem.banded_mask(), problem.attention_bias
+    is_causal, scale = problem.is_causal, problem.scale
+    flash_attention = problem.flash_attention
+    if problem.position_bias is not None:
+        full = problem.position_bias.full(
+            ops.shape(query)[1], ops.shape(key)[1]
+        )
         bias = full[None] if bias is None else bias + full[None]
     if (mask is not None or bias is not None) and is_causal:
         causal = causal_mask(ops.shape(query)[1], ops.shape(key)[1])
         mask, is_causal = merge_masks(mask, causal[None, None]), False
     if bias is None and mask is not None and _eager_torch():
-        return _attend_unpadded_rows(
+        output = _attend_unpadded_rows(
             query, key, value, mask, scale, flash_attention
         )
+        return output, None
     output = _kernel(
         query, key, value, mask, bias, is_causal, scale, flash_attention
     )
-    return _zero_empty_rows(output, mask)
+    return _zero_empty_rows(output, mask), None
 
 
 def _zero_empty_rows(output, mask):

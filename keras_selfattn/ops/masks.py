@@ -122,3 +122,18 @@ def as_bool(mask):
     if keras.backend.standardize_dtype(mask.dtype) == "bool":
         return mask
     return ops.cast(mask, "bool")
+
+
+def zero_masked_rows(tensor, query_mask, query_axis):
+    """Zero the query rows (along `query_axis`) where `query_mask` is False.
+
+    `query_mask` is `(B, T)` or None; `tensor` has batch on axis 0 and the
+    queries on `query_axis`.
+    """
+    if query_mask is None:
+        return tensor
+    mask = ops.cast(query_mask, "bool")
+    for axis in range(1, len(tensor.shape)):
+        if axis != query_axis:
+            mask = ops.expand_dims(mask, axis)
+    return ops.where(mask, tensor, ops.zeros_like(tensor))
