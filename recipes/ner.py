@@ -105,8 +105,8 @@ SMOKE_DEFAULTS = {
 }
 # `--init` (the default): fine-tuning a pretrained encoder wants a small
 # learning rate, its own dropout, few epochs and whole-document context;
-# 8 rows of up to 192 tokens a batch give 231 steps an epoch (32 rows: 59,
-# too few). A third epoch measured +0.008 test F1 for ~7 more minutes.
+# 8 rows a batch (32 give too few steps an epoch) and 2 epochs (a third
+# gains little for its time; README, NER).
 INIT_DEFAULTS = {
     "epochs": 2,
     "batch_size": 8,

@@ -108,9 +108,9 @@ SMOKE_DEFAULTS = {
     "max_length": 128,
     "vocab_size": 2000,
 }
-# `--init`: a pretrained encoder costs ~30x the default model per token on
-# a CPU, so by default it fine-tunes one epoch on 4,000 reviews cut to 128
-# tokens and is scored on 5,000 test reviews (minutes, not hours).
+# `--init`: a pretrained encoder costs far more per token than the default
+# model on a CPU (README, Sentiment), so by default it fine-tunes one epoch
+# on 4,000 reviews cut to 128 tokens and is scored on 5,000 test reviews.
 INIT_DEFAULTS = {
     "epochs": 1,
     "batch_size": 16,
