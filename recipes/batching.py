@@ -54,16 +54,12 @@ def make_batches(
     (data augmentation); it must keep their shapes.
 
     `multiple_of` > 1 makes every batch size a multiple of it (a batch
-    split over that many devices): the rows a bucket cannot fill a
-    multiple with move up to the next, wider bucket, and the last fewer
-    than `multiple_of` rows are left out (other rows each epoch when
+    split over that many devices; `batch_size` must be one, as
+    `distributed.start` checks): the rows a bucket cannot fill a multiple
+    with move up to the next, wider bucket, and the last fewer than
+    `multiple_of` rows are left out (other rows each epoch when
     shuffled); `.left_out` counts them.
     """
-    if batch_size % multiple_of:
-        raise ValueError(
-            f"`batch_size` must be a multiple of {multiple_of} (the batch is "
-            f"split over that many devices). Received: batch_size={batch_size}"
-        )
     ids = inputs["token_ids"] if isinstance(inputs, dict) else inputs
     lengths = (ids != 0).sum(axis=1)
     bucket_of = np.searchsorted(np.asarray(buckets), lengths)

@@ -110,9 +110,10 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
         f"{LORA_LEARNING_RATE}",
     )
     note = modes.note
-    parser.add_argument("--epochs", type=int, help=note("epochs"))
-    parser.add_argument("--batch-size", type=int, help=note("batch_size"))
-    parser.add_argument("--max-length", type=int, help=note("max_length"))
+    for name in ("epochs", "batch_size", "max_length"):
+        parser.add_argument(
+            "--" + name.replace("_", "-"), type=positive_int, help=note(name)
+        )
     parser.add_argument(
         "--learning-rate", type=float, help=note("learning_rate")
     )

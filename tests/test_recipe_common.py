@@ -1,5 +1,5 @@
 """Recipe plumbing: bucketed batches, crops, atomic saves, the schedule,
-the command line's defaults.
+the command line's defaults and checks.
 """
 
 from pathlib import Path
@@ -214,3 +214,24 @@ def test_help_gives_the_defaults_the_run_applies(capsys):
         ner.parse_args(["--smoke", "--init", "none"]).vocab_size
         == (ner.SMOKE_DEFAULTS["vocab_size"])
     )
+
+
+@pytest.mark.parametrize("recipe", [sentiment, ner], ids=["sentiment", "ner"])
+@pytest.mark.parametrize("option", ["--epochs", "--batch-size", "--max-length"])
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_sizes_must_be_positive_integers(recipe, option, value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        recipe.parse_args([option, value])
+    assert exit_info.value.code == 2  # argparse's usage error
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.endswith(
+        f"error: argument {option}: expected a positive integer. "
+        f"Received: {value!r}"
+    )
+
+
+def test_sizes_given_win_over_the_defaults():
+    args = sentiment.parse_args(
+        ["--epochs", "3", "--batch-size", "5", "--max-length", "7"]
+    )
+    assert (args.epochs, args.batch_size, args.max_length) == (3, 5, 7)
