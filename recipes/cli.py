@@ -3,11 +3,9 @@ depend on the mode (`--smoke`, `--init`), and the three commands (train,
 `predict`, `export`)."""
 
 import argparse
-import sys
 from pathlib import Path
 
-from recipes import deploy, distributed, reporting
-
+from recipes import distributed, exporting, predict_command, reporting
 
 # `--lora`'s learning rate unless one is given: adapters need a larger one
 # than full fine-tuning (README, NER).
@@ -69,20 +67,13 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
     )
     sub = parser.add_subparsers(dest="command")
     pred = sub.add_parser("predict", help=predict_help)
-    deploy.add_predict_arguments(pred, run_dir)
+    predict_command.add_arguments(pred, run_dir)
     export = sub.add_parser(
         "export",
         help="write the trained model as an artifact for a serving runtime "
         "(see `predict --artifact`)",
     )
-    export.add_argument("--model-dir", default=run_dir)
-    export.add_argument(
-        "--format",
-        default="onnx",
-        choices=sorted(deploy.ARTIFACTS),
-        help="onnx (default; every backend), tf_saved_model (TensorFlow, "
-        "JAX), litert (TensorFlow) or torch (torch)",
-    )
+    exporting.add_arguments(export, run_dir)
     parser.add_argument("--output-dir", default=run_dir)
     parser.add_argument("--seed", type=int, default=1337)
     parser.add_argument(
@@ -90,6 +81,20 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
         action="store_true",
         help="whole path on a tiny slice, in a minute or two",
     )
+    add_training_options(parser, modes, model_size)
+    parser.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also write TensorBoard logs to <output-dir>/tensorboard",
+    )
+    distributed.add_arguments(parser)
+    return parser, pred
+
+
+def add_training_options(parser, modes, model_size):
+    """`--init`, `--lora`, the training settings whose defaults depend on
+    the mode (`modes`) and the from-scratch model's sizes (`model_size`).
+    """
     parser.add_argument(
         "--init",
         metavar="CHECKPOINT",
@@ -124,28 +129,6 @@ def recipe_parser(description, run_dir, predict_help, modes, model_size):
             default=default,
             help=f"from-scratch model size; default {default}",
         )
-    parser.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="also write TensorBoard logs to <output-dir>/tensorboard",
-    )
-    parser.add_argument(
-        "--distribute",
-        choices=("data", "model"),
-        help="train on several devices (JAX): data = every device holds the "
-        "model and a slice of each batch; model = the attention heads, "
-        "feed-forward and embeddings are split across devices too",
-    )
-    parser.add_argument(
-        "--mesh",
-        type=mesh_shape,
-        metavar="BATCH[,MODEL]",
-        help="device mesh for --distribute: batch x model sizes, e.g. 2,2 "
-        "(default: all devices on the batch axis for data; for model, the "
-        "largest model axis that the split sizes --num-heads, "
-        "--intermediate-dim and --embedding-dim allow, the rest on batch)",
-    )
-    return parser, pred
 
 
 def positive_int(text):
@@ -163,20 +146,6 @@ def positive_int(text):
             f"expected a positive integer. Received: {text!r}"
         )
     return value
-
-
-def mesh_shape(text):
-    """`"2,2"` -> `(2, 2)` (batch, model); `"4"` -> `(4,)`."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not 1 <= len(shape) <= 2 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(
-            "expected BATCH,MODEL sizes such as 2,2 or one batch size such "
-            f"as 4. Received: {text!r}"
-        )
-    return shape
 
 
 def parse_args(parser, argv, modes):
@@ -209,11 +178,3 @@ def run(args, train, predict, export):
     out.mkdir(parents=True, exist_ok=True)
     with reporting.Tee(out / "train.log"):
         train(args)
-
-
-def input_texts(texts):
-    """`texts` if any were given, else the non-empty lines of stdin."""
-    texts = texts or [line.strip() for line in sys.stdin if line.strip()]
-    if not texts:
-        raise SystemExit("No texts given (arguments or stdin lines).")
-    return texts

@@ -1,7 +1,7 @@
 """From the NER tagger's per-token scores to tags and entities: prediction
 in length buckets, decoding each sentence (Viterbi over valid IOB2 moves,
-or argmax), entity scores of a split, and tagging raw text with character
-offsets.
+or argmax), entity scores of a split, tagging raw text with character
+offsets, and the lines `predict` prints.
 
 The model is a `Tagger`: a function from a batch of inputs to outputs,
 with what decoding needs to know of it. The Keras model is one
@@ -174,3 +174,29 @@ def tag_texts(tagger, tokenizer, tag_names, max_length, texts):
         ]
         for sentence_tags, spans in zip(tags, encoding.word_spans)
     ]
+
+
+def entity_lines(texts, entities):
+    """What `predict` prints: each text, then a line
+    `<TAB>type<TAB>start<TAB>end<TAB>surface` an entity of it (character
+    offsets, end exclusive; `entities` as `tag_texts` gives them)."""
+    lines = []
+    for raw, found in zip(texts, entities):
+        lines.append(raw)
+        lines += [
+            f"\t{kind}\t{start}\t{end}\t{raw[start:end]}"
+            for kind, start, end in found
+        ]
+    return lines
+
+
+def label_entities(run, texts):
+    """`predict --artifact`'s lines (`entity_lines`) from `run` (a
+    `deploy.ServedRun`), decoded as the Keras model's are, from the
+    artifact's outputs, labels.json and `DECODER_FILE`."""
+    tag_names = run.read_json("labels.json")
+    tagger = served_tagger(run.run, tag_names, run.read_json(DECODER_FILE))
+    entities = tag_texts(
+        tagger, run.tokenizer, tag_names, run.settings.max_length, texts
+    )
+    return entity_lines(texts, entities)

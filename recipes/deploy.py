@@ -9,21 +9,26 @@
     python recipes/ner.py predict \\
         --artifact runs/ner/model.onnx "Angela Merkel visited Paris."
 
-Importing this module imports no Keras: `predict --artifact` runs on
-`tokenizers`, NumPy and the artifact's runtime alone (onnxruntime for
-ONNX), and starts in a fraction of the time a Keras backend takes. A
-model's input is an array, or a dict of arrays by input name (the NER
-tagger's), each shaped `(batch, length, ...)`.
+Two parts: the runtimes (`load_artifact` runs any artifact `export`
+writes) and serving a run (`serve`: the artifact, the run's tokenizer and
+settings, and the recipe's own `label_texts`, from `recipes/reviews.py`
+or `recipes/decoding.py`). Importing this module imports no Keras:
+`predict --artifact` runs on `tokenizers`, NumPy and the artifact's
+runtime alone (onnxruntime for ONNX), and starts in a fraction of the
+time a Keras backend takes. A model's input is an array, or a dict of
+arrays by input name (the NER tagger's), each shaped `(batch, length,
+...)`.
 """
 
 import argparse
-import importlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from keras_selfattn import text
+from recipes import predict_command
 
 # The formats `model.export` writes on each backend, and the artifact's
 # name in the model directory.
@@ -38,6 +43,7 @@ FORMATS_BY_BACKEND = {
     "jax": ("onnx", "tf_saved_model"),
     "torch": ("onnx", "torch"),
 }
+
 # ---------------------------------------------------------------- runtimes
 
 
@@ -181,17 +187,6 @@ def _saved_model_runner(path):
 # ---------------------------------------------------------------- serving
 
 
-def text_module():
-    """`keras_selfattn.text` (the tokenizer pipeline, which needs no
-    Keras), imported without running the package's `__init__`, which
-    imports Keras and a backend. Where the package is already imported,
-    that is the one used."""
-    if "keras_selfattn" not in sys.modules:
-        spec = importlib.util.find_spec("keras_selfattn")
-        sys.modules["keras_selfattn"] = importlib.util.module_from_spec(spec)
-    return importlib.import_module("keras_selfattn.text")
-
-
 def serve_if_requested(run_dir, label_texts, argv=None):
     """A recipe's first step when run: for `predict ... --artifact FILE`,
     the one command served with no Keras import, `serve` it and exit;
@@ -204,29 +199,14 @@ def serve_if_requested(run_dir, label_texts, argv=None):
         raise SystemExit(0)
 
 
-def add_predict_arguments(parser, run_dir):
-    """The arguments of the recipes' `predict` command (`texts`,
-    `--model-dir`, `--artifact`)."""
-    parser.add_argument("texts", nargs="*", help="texts (default: stdin lines)")
-    parser.add_argument("--model-dir", default=run_dir)
-    parser.add_argument(
-        "--artifact",
-        help="run this exported model (see `export`) in its own runtime "
-        "instead of the Keras model; its folder holds the run's files "
-        "(tokenizer.json, metrics.json; NER: labels.json, decoding.json)",
-    )
-
-
 def serve(argv, run_dir, label_texts):
     """`predict --artifact FILE [texts]`: print `label_texts(run, texts)`'s
     lines, `run` being the loaded artifact with the run's tokenizer and
     settings (see `ServedRun`); texts default to the lines of stdin."""
     parser = argparse.ArgumentParser(prog="predict")
-    add_predict_arguments(parser, run_dir)
+    predict_command.add_arguments(parser, run_dir)
     args, _ = parser.parse_known_args(argv[1:])
-    texts = args.texts or [line.strip() for line in sys.stdin if line.strip()]
-    if not texts:
-        raise SystemExit("No texts given (arguments or stdin lines).")
+    texts = predict_command.input_texts(args.texts)
     for line in label_texts(ServedRun(args.artifact), texts):
         print(line)
 
@@ -238,10 +218,7 @@ class ServedRun:
     def __init__(self, artifact):
         artifact = Path(artifact)
         self.folder = artifact.parent
-        self.text = text_module()
-        self.tokenizer = self.text.load_tokenizer(
-            self.folder / "tokenizer.json"
-        )
+        self.tokenizer = text.load_tokenizer(self.folder / "tokenizer.json")
         self.metrics = self.read_json("metrics.json")
         self.settings = argparse.Namespace(**self.metrics["settings"])
         self.run = load_artifact(artifact)
@@ -255,71 +232,3 @@ class ServedRun:
         the longest row."""
         width = max(int((ids != 0).sum(1).max(initial=1)), 1)
         return np.asarray(self.run(np.ascontiguousarray(ids[:, :width])))
-
-
-# ---------------------------------------------------------------- sentiment
-
-
-def encode_reviews(text, tokenizer, texts, max_length, cache_dir=None):
-    """The sentiment recipe's token ids of `texts`: reviews longer than
-    `max_length` keep their head and tail (`text` is
-    `keras_selfattn.text`)."""
-    return text.encode_texts(
-        tokenizer,
-        texts,
-        max_length=max_length,
-        truncation="head+tail",
-        cache_dir=cache_dir,
-    )
-
-
-def review_line(label_names, probability, review):
-    """`label<TAB>probability<TAB>review`, what `predict` prints."""
-    label = label_names[int(probability > 0.5)]
-    return f"{label}\t{probability:.3f}\t{review}"
-
-
-def label_reviews(run, texts):
-    """`predict --artifact` of the sentiment recipe: a line a review."""
-    ids = encode_reviews(
-        run.text, run.tokenizer, texts, run.settings.max_length
-    )
-    probabilities = run.predict_rows(ids)[:, 0]
-    labels = run.metrics["label_names"]
-    return [review_line(labels, p, t) for p, t in zip(probabilities, texts)]
-
-
-# ---------------------------------------------------------------- ner
-
-
-def entity_lines(texts, entities):
-    """What the NER recipe's `predict` prints: each text, then a line
-    `<TAB>type<TAB>start<TAB>end<TAB>surface` an entity of it (character
-    offsets, end exclusive; `entities` as `decoding.tag_texts` gives
-    them)."""
-    lines = []
-    for raw, found in zip(texts, entities):
-        lines.append(raw)
-        lines += [
-            f"\t{kind}\t{start}\t{end}\t{raw[start:end]}"
-            for kind, start, end in found
-        ]
-    return lines
-
-
-def label_entities(run, texts):
-    """`predict --artifact` of the NER recipe: `entity_lines`, decoded as
-    the Keras model's are, from the artifact's outputs, labels.json and
-    what `export` wrote for decoding (`decoding.DECODER_FILE`)."""
-    # Imported once `ServedRun` has imported keras_selfattn.text alone
-    # (`text_module`): decoding imports it too.
-    from recipes import decoding
-
-    tag_names = run.read_json("labels.json")
-    tagger = decoding.served_tagger(
-        run.run, tag_names, run.read_json(decoding.DECODER_FILE)
-    )
-    entities = decoding.tag_texts(
-        tagger, run.tokenizer, tag_names, run.settings.max_length, texts
-    )
-    return entity_lines(texts, entities)

@@ -1,8 +1,9 @@
 """Training on several devices (`--distribute`, `--mesh`) through
-`keras.distribution` (JAX): checking the options, setting the
+`keras.distribution` (JAX): the options and their checks, setting the
 distribution before any model is built, and running on one device again.
 """
 
+import argparse
 import contextlib
 
 import keras
@@ -11,6 +12,44 @@ from keras_selfattn import distribution
 
 # The options whose sizes `--distribute model` splits across devices.
 SPLIT_SIZES = ("num_heads", "intermediate_dim", "embedding_dim")
+
+
+def add_arguments(parser):
+    """The options `--distribute` and `--mesh`."""
+    parser.add_argument(
+        "--distribute",
+        choices=("data", "model"),
+        help="train on several devices (JAX): data = every device holds the "
+        "model and a slice of each batch; model = the attention heads, "
+        "feed-forward and embeddings are split across devices too",
+    )
+    parser.add_argument(
+        "--mesh",
+        type=mesh_shape,
+        metavar="BATCH[,MODEL]",
+        help="device mesh for --distribute: batch x model sizes, e.g. 2,2 "
+        "(default: all devices on the batch axis for data; for model, the "
+        "largest model axis that the split sizes --num-heads, "
+        "--intermediate-dim and --embedding-dim allow, the rest on batch)",
+    )
+
+
+def mesh_shape(text):
+    """`"2,2"` -> `(2, 2)` (batch, model); `"4"` -> `(4,)`.
+
+    >>> mesh_shape("2,2"), mesh_shape("4")
+    ((2, 2), (4,))
+    """
+    try:
+        shape = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        shape = ()
+    if not 1 <= len(shape) <= 2 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(
+            "expected BATCH,MODEL sizes such as 2,2 or one batch size such "
+            f"as 4. Received: {text!r}"
+        )
+    return shape
 
 
 def check_args(parser, args):

@@ -1,6 +1,7 @@
-"""Exporting a trained recipe model: `export` writes an artifact beside
-tokenizer.json (`recipes/deploy.py` serves it), with dynamic batch and
-length axes wherever the backend's exporter allows.
+"""Exporting a trained recipe model: the `export` command's arguments,
+and the artifact it writes beside tokenizer.json (`recipes/deploy.py`
+serves it), with dynamic batch and length axes wherever the backend's
+exporter allows.
 """
 
 import dataclasses
@@ -13,6 +14,18 @@ from recipes import deploy
 
 # torch.export and torch's ONNX export need bounds on the dynamic sizes.
 MAX_BATCH, MAX_LENGTH = 1024, 8192
+
+
+def add_arguments(parser, run_dir):
+    """The arguments of the `export` command (`--model-dir`, `--format`)."""
+    parser.add_argument("--model-dir", default=run_dir)
+    parser.add_argument(
+        "--format",
+        default="onnx",
+        choices=sorted(deploy.ARTIFACTS),
+        help="onnx (default; every backend), tf_saved_model (TensorFlow, "
+        "JAX), litert (TensorFlow) or torch (torch)",
+    )
 
 
 def export_artifact(model, model_dir, format, sample):

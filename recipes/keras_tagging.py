@@ -9,7 +9,7 @@ from pathlib import Path
 import keras
 
 from keras_selfattn import distribution
-from recipes import batching, crf, decoding, deploy, tagging, training
+from recipes import batching, crf, decoding, tagging, training
 
 
 def length_buckets(max_length):
@@ -72,7 +72,7 @@ def decoder_files(model, settings):
 
 
 def label_texts(model_dir, texts):
-    """`predict`'s lines (`deploy.entity_lines`) for `texts`, tagged by
+    """`predict`'s lines (`decoding.entity_lines`) for `texts`, tagged by
     the Keras model of the run in `model_dir`."""
     model, tokenizer, _, settings = training.load_run(model_dir)
     tag_names = json.loads((Path(model_dir) / "labels.json").read_text())
@@ -81,4 +81,4 @@ def label_texts(model_dir, texts):
     entities = decoding.tag_texts(
         tagger, tokenizer, tag_names, settings.max_length, texts
     )
-    return deploy.entity_lines(texts, entities)
+    return decoding.entity_lines(texts, entities)

@@ -56,9 +56,9 @@ if not __package__:  # run as a file: `python recipes/ner.py`
     _launch.run_as_module(__file__)
 
 if __name__ == "__main__":  # `predict --artifact` imports no Keras
-    from recipes import deploy
+    from recipes import decoding, deploy
 
-    deploy.serve_if_requested("runs/ner", deploy.label_entities)
+    deploy.serve_if_requested("runs/ner", decoding.label_entities)
 
 
 import keras
@@ -73,6 +73,7 @@ from recipes import (
     decoding,
     deploy,
     keras_tagging,
+    predict_command,
     tagger_inputs,
     tagging,
     training,
@@ -413,9 +414,9 @@ def train(args):
 
 
 def predict(args):
-    texts = cli.input_texts(args.texts)
+    texts = predict_command.input_texts(args.texts)
     if args.artifact:  # from `main()`; as a script, the file's top serves it
-        lines = deploy.label_entities(deploy.ServedRun(args.artifact), texts)
+        lines = decoding.label_entities(deploy.ServedRun(args.artifact), texts)
     else:
         lines = keras_tagging.label_texts(args.model_dir, texts)
     print("\n".join(lines))

@@ -44,9 +44,9 @@ if not __package__:  # run as a file: `python recipes/sentiment.py`
     _launch.run_as_module(__file__)
 
 if __name__ == "__main__":  # `predict --artifact` imports no Keras
-    from recipes import deploy
+    from recipes import deploy, reviews
 
-    deploy.serve_if_requested("runs/sentiment", deploy.label_reviews)
+    deploy.serve_if_requested("runs/sentiment", reviews.label_reviews)
 
 from pathlib import Path
 
@@ -60,8 +60,9 @@ from recipes import (
     batching,
     cli,
     data,
-    deploy,
     explaining,
+    predict_command,
+    reviews,
     splitting,
     training,
 )
@@ -244,12 +245,6 @@ def short_crops(fraction, cls_id, sep_id, shortest=4, longest=40):
     return transform
 
 
-def encode(tokenizer, texts, args, cache_dir=None):
-    return deploy.encode_reviews(
-        text, tokenizer, texts, args.max_length, cache_dir=cache_dir
-    )
-
-
 # ---------------------------------------------------------------- model
 
 
@@ -303,7 +298,12 @@ def train(args):
         encoder, tokenizer = run.tokenizer(splits["train"][0])
         cache = None if args.smoke else resolve_cache_dir() / "encoded"
         encoded = {
-            name: (encode(tokenizer, texts, args, cache), labels)
+            name: (
+                reviews.encode_reviews(
+                    tokenizer, texts, args.max_length, cache
+                ),
+                labels,
+            )
             for name, (texts, labels) in splits.items()
         }
         lengths = (encoded["train"][0] != 0).sum(1)
@@ -378,7 +378,7 @@ def short_review_accuracy(model, tokenizer, args):
 
 
 def predict_probabilities(model, tokenizer, texts, args):
-    ids = encode(tokenizer, texts, args)
+    ids = reviews.encode_reviews(tokenizer, texts, args.max_length)
     width = max(int((ids != 0).sum(1).max()), 1)
     return batching.predict_rows(model, ids[:, :width])[:, 0]
 
@@ -390,13 +390,15 @@ def predict(args):
     model_dir = Path(args.model_dir)
     model, tokenizer, saved, settings = training.load_run(model_dir)
     label_names = saved["label_names"]
-    texts = cli.input_texts(args.texts)
+    texts = predict_command.input_texts(args.texts)
     probabilities = predict_probabilities(model, tokenizer, texts, settings)
     for i, (review, p) in enumerate(zip(texts, probabilities)):
-        print(deploy.review_line(label_names, p, review))
+        print(reviews.review_line(label_names, p, review))
         if args.explain:
             path = model_dir / f"explain_{i}.png"
-            ids = encode(tokenizer, [review], settings)
+            ids = reviews.encode_reviews(
+                tokenizer, [review], settings.max_length
+            )
             explaining.attention_heat_map(model, tokenizer, ids, path)
             print(f"\tattention heat map: {path}")
 

@@ -1,7 +1,10 @@
 """Recipe plumbing: bucketed batches, crops, atomic saves, the schedule,
-the command line's defaults and checks.
+the command line's defaults and checks, what serving imports.
 """
 
+import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -235,3 +238,64 @@ def test_sizes_given_win_over_the_defaults():
         ["--epochs", "3", "--batch-size", "5", "--max-length", "7"]
     )
     assert (args.epochs, args.batch_size, args.max_length) == (3, 5, 7)
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def imported_modules(path):
+    """`(module, names)` of each import statement of the file `path`."""
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, []) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            yield node.module, [alias.name for alias in node.names]
+
+
+def test_the_command_line_does_not_import_serving():
+    assert not [
+        (module, names)
+        for module, names in imported_modules(RECIPES / "cli.py")
+        if module == "recipes.deploy" or "deploy" in names
+    ]
+
+
+RECIPE_TESTS = [
+    "test_crf.py",
+    "test_data.py",
+    "test_ner_recipe.py",
+    "test_recipe_common.py",
+    "test_sentiment_recipe.py",
+    "test_tagging.py",
+    "test_training.py",
+]
+
+
+def test_no_module_imports_private_names_of_another():
+    tests = Path(__file__).resolve().parent
+    private = [
+        f"{path.name}: from {module} import {name}"
+        for path in [*RECIPES.glob("*.py"), *(tests / t for t in RECIPE_TESTS)]
+        for module, names in imported_modules(path)
+        for name in names
+        if name.startswith("_")
+    ]
+    assert not private
+
+
+def test_serving_imports_no_framework():
+    """What `predict --artifact` imports, in a fresh process."""
+    probe = (
+        "import sys\n"
+        "from recipes import decoding, deploy, reviews\n"
+        "frameworks = ('keras', 'tensorflow', 'jax', 'torch')\n"
+        "print([name for name in frameworks if name in sys.modules])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=RECIPES.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert result.stdout.strip() == "[]", result.stderr
