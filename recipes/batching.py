@@ -71,22 +71,14 @@ def make_batches(
             self.batches = self._plan()
 
         def _plan(self):
-            batches = []
-            carried = np.zeros(0, int)  # shorter rows fit any wider bucket
-            for bucket in range(len(buckets)):
-                rows = np.flatnonzero(bucket_of == bucket)
-                if shuffle:
-                    rows = self.rng.permutation(rows)
-                rows = np.concatenate([carried, rows])
-                kept = len(rows) - len(rows) % multiple_of
-                rows, carried = rows[:kept], rows[kept:]
-                for start in range(0, len(rows), batch_size):
-                    batches.append((bucket, rows[start : start + batch_size]))
-            if shuffle:
-                order = self.rng.permutation(len(batches))
-                batches = [batches[i] for i in order]
-            self.left_out = len(carried)
-            return _two_widths_first(batches)
+            batches, self.left_out = _plan_batches(
+                bucket_of,
+                len(buckets),
+                batch_size,
+                multiple_of,
+                self.rng if shuffle else None,
+            )
+            return batches
 
         def __len__(self):
             return len(self.batches)
@@ -103,6 +95,27 @@ def make_batches(
                 self.batches = self._plan()
 
     return BucketedBatches()
+
+
+def _plan_batches(bucket_of, num_buckets, batch_size, multiple_of, rng):
+    """One epoch's batches, `(bucket, rows)` pairs, and how many rows are
+    left out (see `make_batches`); shuffled by `rng`, or in order if it is
+    None."""
+    batches = []
+    carried = np.zeros(0, int)  # shorter rows fit any wider bucket
+    for bucket in range(num_buckets):
+        rows = np.flatnonzero(bucket_of == bucket)
+        if rng is not None:
+            rows = rng.permutation(rows)
+        rows = np.concatenate([carried, rows])
+        kept = len(rows) - len(rows) % multiple_of
+        rows, carried = rows[:kept], rows[kept:]
+        for start in range(0, len(rows), batch_size):
+            batches.append((bucket, rows[start : start + batch_size]))
+    if rng is not None:
+        order = rng.permutation(len(batches))
+        batches = [batches[i] for i in order]
+    return _two_widths_first(batches), len(carried)
 
 
 def _two_widths_first(batches):

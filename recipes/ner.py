@@ -186,6 +186,14 @@ def _first_sentences(documents, count):
     return out
 
 
+def augmentation(tokenizer, args):
+    """The training batches' transform: `word_dropout` at `--word-dropout`
+    (None at 0)."""
+    if args.word_dropout > 0:
+        return word_dropout(args.word_dropout, tokenizer)
+    return None
+
+
 def word_dropout(rate, tokenizer):
     """Augmentation: replace `rate` of the word tokens by `[UNK]`, so the
     tagger also learns to read unseen words from their shape and
@@ -294,49 +302,83 @@ def train(args):
         train_sentences = [s for doc in documents["train"] for s in doc]
         tag_names = data.conll_tag_names(train_sentences)
         tag_ids = {tag: i for i, tag in enumerate(tag_names)}
-        print(
-            "documents / sentences: "
-            + ", ".join(
-                f"{name} {len(docs)} / {sum(map(len, docs))}"
-                for name, docs in documents.items()
-            )
-            + f"; tags: {tag_names}"
-        )
+        print_data_sizes(documents, tag_names)
 
     with run.phase("tokenize"):
         encoder, tokenizer = run.tokenizer(
             [" ".join(words) for words, _ in train_sentences]
         )
-        splits = {
-            name: tagger_inputs.prepare(tokenizer, docs, args)
-            for name, docs in documents.items()
-        }
-        lengths = (splits["train"].inputs["token_ids"] != 0).sum(1)
-        truncated = {
-            name: tagger_inputs.words_cut_off(split)
-            for name, split in splits.items()
-        }
-        print(
-            f"vocabulary {tokenizer.get_vocab_size()}; {args.context} rows: "
-            f"{len(splits['train'].chunks)} in train, tokens per row: median "
-            f"{int(np.median(lengths))}, max {lengths.max()}; words cut off by "
-            f"the {args.max_length}-token limit: {truncated}"
-        )
+        splits, truncated = prepare_splits(tokenizer, documents, args)
 
     buckets = keras_tagging.length_buckets(args.max_length)
-    augment = None
-    if args.word_dropout > 0:
-        augment = word_dropout(args.word_dropout, tokenizer)
     train_batches = run.batches(
         "train",
         splits["train"].inputs,
         tagger_inputs.row_labels(splits["train"], tag_ids),
         buckets,
-        transform=augment,
+        transform=augmentation(tokenizer, args),
+    )
+    model = build_model(args, tokenizer.get_vocab_size(), tag_names, encoder)
+    history = fit(
+        run, model, train_batches, splits["validation"], tag_names, buckets
     )
 
-    model = build_model(args, tokenizer.get_vocab_size(), tag_names, encoder)
-    # Per-token cross-entropy, or the CRF's own (`crf.CRFTagger`).
+    with run.phase("evaluate"):
+        tagger = keras_tagging.keras_tagger(model, tag_names, buckets)
+        scores = evaluate(tagger, splits, tag_names, run.eval_batch_size)
+
+    sample = {n: a[:64] for n, a in splits["test"].inputs.items()}
+    run.save(model, sample, {"labels.json": tag_names})
+    metrics = run.finish(
+        run_metrics(scores, history, splits, truncated, tag_names, args)
+    )
+    test = scores["test"]["viterbi"]
+    print(
+        f"test entity F1 {test['f1']:.4f} (precision {test['precision']:.4f},"
+        f" recall {test['recall']:.4f}); wrote {run.out}/: model.keras "
+        "tokenizer.json labels.json metrics.json learning_curves.png"
+    )
+    return metrics
+
+
+def print_data_sizes(documents, tag_names):
+    """Documents and sentences per split, and the tags."""
+    print(
+        "documents / sentences: "
+        + ", ".join(
+            f"{name} {len(docs)} / {sum(map(len, docs))}"
+            for name, docs in documents.items()
+        )
+        + f"; tags: {tag_names}"
+    )
+
+
+def prepare_splits(tokenizer, documents, args):
+    """`({split: tagger_inputs.Prepared}, {split: words cut off})`; prints
+    the rows' sizes."""
+    splits = {
+        name: tagger_inputs.prepare(tokenizer, docs, args)
+        for name, docs in documents.items()
+    }
+    lengths = (splits["train"].inputs["token_ids"] != 0).sum(1)
+    truncated = {
+        name: tagger_inputs.words_cut_off(split)
+        for name, split in splits.items()
+    }
+    print(
+        f"vocabulary {tokenizer.get_vocab_size()}; {args.context} rows: "
+        f"{len(splits['train'].chunks)} in train, tokens per row: median "
+        f"{int(np.median(lengths))}, max {lengths.max()}; words cut off by "
+        f"the {args.max_length}-token limit: {truncated}"
+    )
+    return splits, truncated
+
+
+def fit(run, model, train_batches, validation, tag_names, buckets):
+    """Per-token cross-entropy, or the CRF's own (`crf.CRFTagger`), AdamW;
+    keeps the epoch of the best entity F1 on `validation` (a prepared
+    split). Returns the history."""
+    args = run.args
     loss = None
     if args.output == "softmax":
         loss = keras.losses.SparseCategoricalCrossentropy(
@@ -349,9 +391,9 @@ def train(args):
         loss=loss,
     )
     validation_f1 = keras_tagging.EntityF1(
-        splits["validation"], tag_names, run.eval_batch_size, buckets
+        validation, tag_names, run.eval_batch_size, buckets
     )
-    history = run.fit(
+    return run.fit(
         model,
         train_batches,
         monitor="val_f1",
@@ -360,54 +402,49 @@ def train(args):
         callbacks=[validation_f1],
     )
 
-    with run.phase("evaluate"):
-        tagger = keras_tagging.keras_tagger(model, tag_names, buckets)
-        scores = {
-            name: decoding.evaluate(
-                tagger, splits[name], tag_names, run.eval_batch_size
-            )
-            for name in ("validation", "test")
-        }
-        for name, by_decoding in scores.items():
-            for decoding_name, s in by_decoding.items():
-                print(
-                    f"{name} ({decoding_name}): entity F1 {s['f1']:.4f}, "
-                    f"precision {s['precision']:.4f}, recall "
-                    f"{s['recall']:.4f}; per type: "
-                    + ", ".join(
-                        f"{k} {v['f1']:.4f}" for k, v in s["per_type"].items()
-                    )
-                )
 
-    sample = {n: a[:64] for n, a in splits["test"].inputs.items()}
-    run.save(model, sample, {"labels.json": tag_names})
+def evaluate(tagger, splits, tag_names, batch_size):
+    """`{split: {decoding: scores}}` of validation and test, Viterbi and
+    argmax decoding (`decoding.evaluate`); printed."""
+    scores = {
+        name: decoding.evaluate(tagger, splits[name], tag_names, batch_size)
+        for name in ("validation", "test")
+    }
+    for name, by_decoding in scores.items():
+        for decoding_name, s in by_decoding.items():
+            print(
+                f"{name} ({decoding_name}): entity F1 {s['f1']:.4f}, "
+                f"precision {s['precision']:.4f}, recall "
+                f"{s['recall']:.4f}; per type: "
+                + ", ".join(
+                    f"{k} {v['f1']:.4f}" for k, v in s["per_type"].items()
+                )
+            )
+    return scores
+
+
+def run_metrics(scores, history, splits, truncated, tag_names, args):
+    """What metrics.json holds of the run's own (`training.Run.finish`
+    adds the rest): Viterbi scores, argmax F1, sizes and the data set."""
     test = scores["test"]["viterbi"]
-    metrics = run.finish(
-        {
-            "test_f1": test["f1"],
-            "test_precision": test["precision"],
-            "test_recall": test["recall"],
-            "test_per_type": test["per_type"],
-            "valid_f1": scores["validation"]["viterbi"]["f1"],
-            "valid_per_type": scores["validation"]["viterbi"]["per_type"],
-            "argmax_decoding": {
-                "test_f1": scores["test"]["argmax"]["f1"],
-                "valid_f1": scores["validation"]["argmax"]["f1"],
-            },
-            "val_f1_per_epoch": history["val_f1"],
-            "sentences": {n: len(s.sentences) for n, s in splits.items()},
-            "rows": {n: len(s.chunks) for n, s in splits.items()},
-            "words_cut_off": truncated,
-            "dataset": str(args.data) if args.data else "CoNLL-2003 English",
-            "tag_names": tag_names,
-        }
-    )
-    print(
-        f"test entity F1 {test['f1']:.4f} (precision {test['precision']:.4f},"
-        f" recall {test['recall']:.4f}); wrote {run.out}/: model.keras "
-        "tokenizer.json labels.json metrics.json learning_curves.png"
-    )
-    return metrics
+    return {
+        "test_f1": test["f1"],
+        "test_precision": test["precision"],
+        "test_recall": test["recall"],
+        "test_per_type": test["per_type"],
+        "valid_f1": scores["validation"]["viterbi"]["f1"],
+        "valid_per_type": scores["validation"]["viterbi"]["per_type"],
+        "argmax_decoding": {
+            "test_f1": scores["test"]["argmax"]["f1"],
+            "valid_f1": scores["validation"]["argmax"]["f1"],
+        },
+        "val_f1_per_epoch": history["val_f1"],
+        "sentences": {n: len(s.sentences) for n, s in splits.items()},
+        "rows": {n: len(s.chunks) for n, s in splits.items()},
+        "words_cut_off": truncated,
+        "dataset": str(args.data) if args.data else "CoNLL-2003 English",
+        "tag_names": tag_names,
+    }
 
 
 # ---------------------------------------------------------------- predict

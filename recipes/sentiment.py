@@ -296,24 +296,48 @@ def train(args):
 
     with run.phase("tokenize"):
         encoder, tokenizer = run.tokenizer(splits["train"][0])
-        cache = None if args.smoke else resolve_cache_dir() / "encoded"
-        encoded = {
-            name: (
-                reviews.encode_reviews(
-                    tokenizer, texts, args.max_length, cache
-                ),
-                labels,
-            )
-            for name, (texts, labels) in splits.items()
-        }
-        lengths = (encoded["train"][0] != 0).sum(1)
-        print(
-            f"vocabulary {tokenizer.get_vocab_size()}; train tokens per "
-            f"review: median {int(np.median(lengths))}, "
-            f"{(lengths >= args.max_length).mean():.0%} truncated to "
-            f"{args.max_length}"
-        )
+        encoded = encode_splits(tokenizer, splits, args)
 
+    batches = review_batches(run, encoded, tokenizer, args)
+    model = build_model(args, tokenizer.get_vocab_size(), encoder)
+    fit(run, model, batches)
+
+    with run.phase("evaluate"):
+        test_rows = len(encoded["test"][1])
+        scores = evaluate(model, batches["test"], test_rows, tokenizer, args)
+
+    run.save(model, encoded["test"][0][:64])
+    metrics = run.finish(
+        {**scores, "split": split_info, "label_names": list(label_names)}
+    )
+    print(f"wrote {run.out}/: model.keras tokenizer.json metrics.json ...")
+    return metrics
+
+
+def encode_splits(tokenizer, splits, args):
+    """`{split: (ids, labels)}`, the ids cached on disk (but for
+    `--smoke`); prints the training reviews' lengths."""
+    cache = None if args.smoke else resolve_cache_dir() / "encoded"
+    encoded = {
+        name: (
+            reviews.encode_reviews(tokenizer, texts, args.max_length, cache),
+            labels,
+        )
+        for name, (texts, labels) in splits.items()
+    }
+    lengths = (encoded["train"][0] != 0).sum(1)
+    print(
+        f"vocabulary {tokenizer.get_vocab_size()}; train tokens per "
+        f"review: median {int(np.median(lengths))}, "
+        f"{(lengths >= args.max_length).mean():.0%} truncated to "
+        f"{args.max_length}"
+    )
+    return encoded
+
+
+def review_batches(run, encoded, tokenizer, args):
+    """`{split: batches}` in length buckets; `--short-crops` of the
+    training reviews."""
     buckets = batching.bucket_lengths(args.max_length)
     augment = None
     if args.short_crops > 0:
@@ -322,17 +346,20 @@ def train(args):
             tokenizer.token_to_id(text.CLS_TOKEN),
             tokenizer.token_to_id(text.SEP_TOKEN),
         )
-    batches = {
+    return {
         name: run.batches(
             name, ids, labels.astype("float32"), buckets, transform=augment
         )
         for name, (ids, labels) in encoded.items()
     }
 
-    model = build_model(args, tokenizer.get_vocab_size(), encoder)
+
+def fit(run, model, batches):
+    """Binary cross-entropy, AdamW; keeps the epoch of the best validation
+    accuracy."""
     run.compile(
         model,
-        steps=len(batches["train"]) * args.epochs,
+        steps=len(batches["train"]) * run.args.epochs,
         weight_decay=0.01,
         loss="binary_crossentropy",
         metrics=["accuracy"],
@@ -346,28 +373,23 @@ def train(args):
         validation_data=batches["validation"],
     )
 
-    with run.phase("evaluate"):
-        test_loss, test_accuracy = model.evaluate(batches["test"], verbose=0)
-        short_accuracy = short_review_accuracy(model, tokenizer, args)
-        test_reviews = len(encoded["test"][1]) - batches["test"].left_out
-        print(
-            f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f} "
-            f"({test_reviews} reviews); short one-sentence "
-            f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
-        )
 
-    run.save(model, encoded["test"][0][:64])
-    metrics = run.finish(
-        {
-            "test_accuracy": float(test_accuracy),
-            "test_loss": float(test_loss),
-            "short_review_accuracy": float(short_accuracy),
-            "split": split_info,
-            "label_names": list(label_names),
-        }
+def evaluate(model, test_batches, test_rows, tokenizer, args):
+    """Test accuracy and loss (of the `test_rows` reviews the batches
+    hold), and the accuracy on `SHORT_REVIEWS`; printed."""
+    test_loss, test_accuracy = model.evaluate(test_batches, verbose=0)
+    short_accuracy = short_review_accuracy(model, tokenizer, args)
+    test_reviews = test_rows - test_batches.left_out
+    print(
+        f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f} "
+        f"({test_reviews} reviews); short one-sentence "
+        f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
     )
-    print(f"wrote {run.out}/: model.keras tokenizer.json metrics.json ...")
-    return metrics
+    return {
+        "test_accuracy": float(test_accuracy),
+        "test_loss": float(test_loss),
+        "short_review_accuracy": float(short_accuracy),
+    }
 
 
 def short_review_accuracy(model, tokenizer, args):
