@@ -40,18 +40,21 @@ MODEL_AXIS = "model"
 # Weight-path regexes (matched in full against `variable.path`) and their
 # layouts; "model" stands for the model axis. The names are the ones our
 # layers give their sublayers and weights, so the keys match wherever the
-# layers sit in a model. A layout shorter than the weight's rank leaves the
-# remaining axes whole.
+# layers sit in a model; every weight of our layers has one. A layout
+# shorter than the weight's rank leaves the remaining axes whole.
 LAYOUTS = (
     # Attention heads split across devices: query/key/value kernels are
-    # (width, heads, head_dim), their biases (heads, head_dim). A
+    # (width, heads, head_dim), their biases (heads, head_dim); the gate
+    # (query heads, value_dim) scales each head's output where it is. A
     # SelfAttention's projections (Dense, (width, units)) split their units.
-    (r"(.*/)?(query|key|value)/kernel", (None, MODEL_AXIS)),
-    (r"(.*/)?(query|key|value)/bias", (MODEL_AXIS,)),
+    (r"(.*/)?(query|key|value|gate)/kernel", (None, MODEL_AXIS)),
+    (r"(.*/)?(query|key|value|gate)/bias", (MODEL_AXIS,)),
     # The output projection takes the heads back: (heads, head_dim, width),
     # split by rows; its partial sums meet in one all-reduce.
     (r"(.*/)?attention_output/kernel", (MODEL_AXIS, None, None)),
     (r"(.*/)?attention_output/bias", (None,)),
+    # A T5 relative position bias (buckets, heads) is small: replicated.
+    (r"(.*/)?relative_position_bias/embeddings", (None, None)),
     # Feed-forward: first layer split by columns, second by rows.
     (r"(.*/)?feedforward_intermediate_dense/kernel", (None, MODEL_AXIS)),
     (r"(.*/)?feedforward_intermediate_dense/bias", (MODEL_AXIS,)),
@@ -69,14 +72,14 @@ def layout_map(device_mesh, model_axis=MODEL_AXIS):
     """A `keras.distribution.LayoutMap` for tensor parallelism of our layers.
 
     Splits, along `model_axis` of `device_mesh`: attention heads (query,
-    key and value projections by heads, the output projection by rows),
-    the encoder's feed-forward network (first layer by columns, second by
-    rows), and token and learned position embeddings along their width.
-    Layer norms and the biases added after a row split are replicated by
-    an explicit key; weights no key matches are replicated too (see
-    `unmatched_weights`). The mesh's model-axis size must divide the
-    number of query and key/value heads, `intermediate_dim`, the model
-    width and a SelfAttention's `units`.
+    key, value and gate projections by heads, the output projection by
+    rows), the encoder's feed-forward network (first layer by columns,
+    second by rows), and token and learned position embeddings along their
+    width. Layer norms, the biases added after a row split and relative
+    position biases are replicated by an explicit key; weights no key
+    matches are replicated too (see `unmatched_weights`). The mesh's
+    model-axis size must divide the number of query and key/value heads,
+    `intermediate_dim`, the model width and a SelfAttention's `units`.
 
     Example:
 

@@ -26,8 +26,9 @@ import keras_selfattn as ksa
 from keras_selfattn import distribution
 
 # Coprime where the mesh allows: 4 heads of 4 (width 16), feed-forward 20,
-# 8 query / 4 key-value heads of 3, a 12-unit single head, 37 tokens, 11
-# positions, 3 classes. Split sizes are multiples of 4 (the model axis).
+# 8 query / 4 key-value heads of 3 (gated), a 12-unit single head, 37
+# tokens, 11 positions, 3 classes. Split sizes are multiples of 4 (the
+# model axis).
 VOCABULARY, LENGTH, WIDTH, CLASSES = 37, 11, 16, 3
 MESHES = {"data 4": ("data", (4,)), "model 2x2": ("model", (2, 2))}
 MESHES["model 1x4"] = ("model", (1, 4))
@@ -44,7 +45,11 @@ def build_model():
     )(ids)
     x = ksa.TransformerEncoder(4, 20, norm_first=True, name="encoder")(x)
     x = ksa.MultiHeadAttention(
-        num_heads=8, key_dim=3, num_key_value_heads=4, name="grouped"
+        num_heads=8,
+        key_dim=3,
+        num_key_value_heads=4,
+        use_gate=True,
+        name="grouped",
     )(x)
     x = ksa.SelfAttention(use_projections=True, units=12, name="single")(x)
     x = keras.layers.GlobalAveragePooling1D(name="pool")(x)

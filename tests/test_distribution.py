@@ -9,6 +9,7 @@ batching run under every backend.
 
 import doctest
 import os
+import re
 from pathlib import Path
 
 import keras
@@ -40,41 +41,167 @@ def mesh(shape=(1, 4)):
 
 # ---------------------------------------------------------------- layouts
 
+# The layouts our layers' weights should get, by weight path (written out
+# here, not derived from distribution.LAYOUTS): a renamed sublayer or
+# weight changes its path, and the tests below fail.
+SPLIT = {"kernel": (None, "model"), "bias": ("model",)}  # heads or units
+WHOLE = (None,)
+
+
+def split_projections(prefix, names=("query", "key", "value")):
+    """Projections split by heads (EinsumDense) or units (Dense)."""
+    return {
+        f"{prefix}/{name}/{weight}": axes
+        for name in names
+        for weight, axes in SPLIT.items()
+    }
+
+
+def attention_layouts(prefix, gate=False):
+    """A MultiHeadAttention's (or GroupedQueryAttention's) weights."""
+    names = ("query", "key", "value") + (("gate",) if gate else ())
+    return {
+        **split_projections(prefix, names),
+        f"{prefix}/attention_output/kernel": ("model", None, None),
+        f"{prefix}/attention_output/bias": WHOLE,
+    }
+
+
+def encoder_layouts(prefix):
+    """A TransformerEncoder's weights."""
+    return {
+        **attention_layouts(f"{prefix}/self_attention"),
+        f"{prefix}/feedforward_intermediate_dense/kernel": (None, "model"),
+        f"{prefix}/feedforward_intermediate_dense/bias": ("model",),
+        f"{prefix}/feedforward_output_dense/kernel": ("model", None),
+        f"{prefix}/feedforward_output_dense/bias": WHOLE,
+        **{
+            f"{prefix}/{norm}_layer_norm/{weight}": WHOLE
+            for norm in ("self_attention", "feedforward")
+            for weight in ("gamma", "beta")
+        },
+    }
+
+
+def embedding_layouts(prefix, learned=True):
+    """A TokenAndPositionEmbedding's tables, split along the width."""
+    tables = ["token_embedding/embeddings"]
+    tables += ["position_embeddings"] if learned else []
+    return {f"{prefix}/{table}": (None, "model") for table in tables}
+
+
 # Every weight of build_model()'s layers of ours, and its layout.
 EXPECTED_LAYOUTS = {
-    "embedding/position_embeddings": (None, "model"),
-    "embedding/token_embedding/embeddings": (None, "model"),
-    "encoder/self_attention/query/kernel": (None, "model"),
-    "encoder/self_attention/query/bias": ("model",),
-    "encoder/self_attention/key/kernel": (None, "model"),
-    "encoder/self_attention/key/bias": ("model",),
-    "encoder/self_attention/value/kernel": (None, "model"),
-    "encoder/self_attention/value/bias": ("model",),
-    "encoder/self_attention/attention_output/kernel": ("model", None, None),
-    "encoder/self_attention/attention_output/bias": (None,),
-    "encoder/self_attention_layer_norm/gamma": (None,),
-    "encoder/self_attention_layer_norm/beta": (None,),
-    "encoder/feedforward_intermediate_dense/kernel": (None, "model"),
-    "encoder/feedforward_intermediate_dense/bias": ("model",),
-    "encoder/feedforward_output_dense/kernel": ("model", None),
-    "encoder/feedforward_output_dense/bias": (None,),
-    "encoder/feedforward_layer_norm/gamma": (None,),
-    "encoder/feedforward_layer_norm/beta": (None,),
-    "grouped/query/kernel": (None, "model"),
-    "grouped/query/bias": ("model",),
-    "grouped/key/kernel": (None, "model"),
-    "grouped/key/bias": ("model",),
-    "grouped/value/kernel": (None, "model"),
-    "grouped/value/bias": ("model",),
-    "grouped/attention_output/kernel": ("model", None, None),
-    "grouped/attention_output/bias": (None,),
-    "single/query/kernel": (None, "model"),
-    "single/query/bias": ("model",),
-    "single/key/kernel": (None, "model"),
-    "single/key/bias": ("model",),
-    "single/value/kernel": (None, "model"),
-    "single/value/bias": ("model",),
+    **embedding_layouts("embedding"),
+    **encoder_layouts("encoder"),
+    **attention_layouts("grouped", gate=True),
+    **split_projections("single"),
 }
+
+
+def our_layers():
+    """`(layer, input shape, {weight path: layout axes})`: each of our
+    layers, with every option that adds or renames weights."""
+    x, ids = (2, 7, 12), (2, 7)
+    relative = {"relative_position_bias/embeddings": (None, None)}
+    t5 = {f"t5/{path}": axes for path, axes in relative.items()}
+    biasless = {
+        path: axes
+        for path, axes in attention_layouts("biasless").items()
+        if path.endswith("kernel")
+    }
+    return [
+        (ksa.MultiHeadAttention(3, 4, name="mha"), x, attention_layouts("mha")),
+        (
+            ksa.MultiHeadAttention(3, 4, use_gate=True, name="gated"),
+            x,
+            attention_layouts("gated", gate=True),
+        ),
+        (
+            ksa.MultiHeadAttention(3, 4, use_bias=False, name="biasless"),
+            x,
+            biasless,
+        ),
+        (
+            ksa.MultiHeadAttention(3, 4, position_bias="relative", name="t5"),
+            x,
+            {**attention_layouts("t5"), **t5},
+        ),
+        (
+            ksa.GroupedQueryAttention(4, 4, 2, use_gate=True, name="gqa"),
+            x,
+            attention_layouts("gqa", gate=True),
+        ),
+        (
+            ksa.TransformerEncoder(3, 11, name="encoder"),
+            x,
+            encoder_layouts("encoder"),
+        ),
+        (
+            ksa.TokenAndPositionEmbedding(13, 7, 12, name="embedding"),
+            ids,
+            embedding_layouts("embedding"),
+        ),
+        (
+            ksa.TokenAndPositionEmbedding(
+                13, 7, 12, position_encoding="sinusoidal", name="sinusoidal"
+            ),
+            ids,
+            embedding_layouts("sinusoidal", learned=False),
+        ),
+        (
+            ksa.SelfAttention(use_projections=True, units=6, name="single"),
+            x,
+            split_projections("single"),
+        ),
+        (ksa.SelfAttention(name="bare"), x, {}),
+        (ksa.RelativePositionBias(3), x, relative),
+        (ksa.RotaryEmbedding(), x, {}),
+        (ksa.AlibiBias(), x, {}),
+        (ksa.SinusoidalPositionEncoding(), x, {}),
+    ]
+
+
+def built(layer, shape):
+    layer.build(shape)
+    return layer
+
+
+def layout_axes(layouts, path):
+    layout = layouts[path]
+    return None if layout is None else tuple(layout.axes)
+
+
+def test_every_weight_of_our_layers_gets_its_layout():
+    layouts = distribution.layout_map(mesh())
+    for layer, shape, expected in our_layers():
+        weights = built(layer, shape).weights
+        actual = {v.path: layout_axes(layouts, v.path) for v in weights}
+        assert actual == expected, type(layer).__name__
+
+
+def test_every_layout_key_matches_a_weight_of_our_layers():
+    paths = [
+        v.path
+        for layer, shape, _ in our_layers()
+        for v in built(layer, shape).weights
+    ]
+    unused = [
+        pattern
+        for pattern, _ in distribution.LAYOUTS
+        if not any(re.fullmatch(pattern, path) for path in paths)
+    ]
+    assert unused == []
+
+
+def test_every_layer_of_ours_is_among_those_checked():
+    exported = {
+        getattr(ksa, name)
+        for name in ksa.__all__
+        if isinstance(getattr(ksa, name), type)
+        and issubclass(getattr(ksa, name), keras.layers.Layer)
+    }
+    assert {type(layer) for layer, _, _ in our_layers()} == exported
 
 
 def test_layout_map_leaves_no_weight_of_our_layers_unmatched():
