@@ -33,7 +33,7 @@ VOCABULARY, LENGTH, WIDTH, CLASSES = 37, 11, 16, 3
 MESHES = {"data 4": ("data", (4,)), "model 2x2": ("model", (2, 2))}
 MESHES["model 1x4"] = ("model", (1, 4))
 # Every run's saved weights are compared after loading; this one's
-# predictions too (compiling a prediction costs seconds).
+# predictions too (each prediction is one more program to compile).
 RELOAD_PREDICTS = "model 2x2"
 
 
