@@ -335,8 +335,8 @@ def test_batches_split_evenly_over_devices():
     ids = (np.arange(64) < lengths[:, None]).astype("int32")
     ids *= np.arange(1, 204)[:, None]  # row number + 1
     buckets = batching.bucket_lengths(64, smallest=16)
-    with pytest.raises(ValueError, match="batch_size=30"):
-        batching.make_batches(ids, ids[:, 0], 30, buckets, True, multiple_of=4)
+    # The batch size is a multiple of `multiple_of`: the command line checks
+    # it against the mesh (distributed.start) and make_batches trusts it.
     for shuffle in (True, False):
         batches = batching.make_batches(
             ids, ids[:, 0], 32, buckets, shuffle, multiple_of=4
