@@ -62,7 +62,9 @@ def __dir__():
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
     """Imports our layers (which registers them with Keras) right after
-    the first `import keras`, wherever it happens."""
+    the first `import keras`, unless one of our own modules is importing
+    Keras (the layers would import it half-initialized); the layers then
+    register when they are first imported."""
 
     def find_spec(self, name, path=None, target=None):
         if name != "keras":
@@ -75,10 +77,20 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
 
         def exec_module(module):
             load(module)
-            importlib.import_module(_LAYERS)
+            if not _initializing_submodules():
+                importlib.import_module(_LAYERS)
 
         spec.loader.exec_module = exec_module
         return spec
+
+
+def _initializing_submodules():
+    return [
+        name
+        for name, module in list(sys.modules.items())
+        if name.startswith(f"{__name__}.")
+        and getattr(getattr(module, "__spec__", None), "_initializing", False)
+    ]
 
 
 if "keras" in sys.modules:

@@ -81,6 +81,28 @@ def test_artifact_matches_predict(format, tmp_path):
         np.testing.assert_allclose(run(ids), expected, atol=1e-4, rtol=0)
 
 
+def build_static_length_model():
+    """`"auto"` paths at a length known when the model is built: they must
+    export too (the exporters trace the batch size as unknown)."""
+    inputs = keras.Input((LONG, 16), name="features")
+    x = ksa.TransformerEncoder(2, 32, activation="gelu")(inputs)
+    x = ksa.MultiHeadAttention(2, 8, position_bias="alibi")(x, x)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))
+
+
+@pytest.mark.parametrize("format", deploy.FORMATS_BY_BACKEND[BACKEND])
+def test_static_length_model_exports(format, tmp_path):
+    rng = np.random.default_rng(1)
+    model = build_static_length_model()
+    inputs = [rng.random((batch, LONG, 16), "float32") for batch in (2, 3)]
+    model(inputs[0])
+    path = exporting.export_artifact(model, tmp_path, format, inputs[1])
+    run = deploy.load_artifact(path)
+    for features in inputs:
+        expected = model.predict(features, verbose=0)
+        np.testing.assert_allclose(run(features), expected, atol=1e-4, rtol=0)
+
+
 def test_failed_export_keeps_the_earlier_artifact(tmp_path):
     format = deploy.FORMATS_BY_BACKEND[BACKEND][0]
     artifact = tmp_path / deploy.ARTIFACTS[format]

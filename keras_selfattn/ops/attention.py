@@ -51,7 +51,7 @@ from keras_selfattn.ops.checks import (
     check_qkv,
 )
 from keras_selfattn.ops.einsum import einsum_path
-from keras_selfattn.ops.fused import fused_path
+from keras_selfattn.ops.fused import fused_path, torch_compiling
 from keras_selfattn.ops.problem import describe_problem
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -349,10 +349,11 @@ def choose_implementation(
     the length is unknown, and `"einsum"` below.
 
     `symbolic` (default: `key_length is None`) says the call is traced
-    with a size known only at run time (the batch, the lengths). On JAX
-    and torch only `model.export` traces so, and "auto" then picks a path
-    that exports on the backend (`AttentionPath.exports_on`): `"fused"`
-    where the fused kernel runs, else `"einsum"`.
+    with a size known only at run time (the batch, the lengths), or by
+    torch's compiler. On JAX and torch that is how `model.export` traces,
+    and "auto" then picks a path that exports on the backend
+    (`AttentionPath.exports_on`): `"fused"` where the fused kernel runs,
+    else `"einsum"`.
 
     Example:
 
@@ -388,8 +389,8 @@ def choose_implementation(
 
 def _path_for(implementation, problem):
     """The name of the path that runs `problem`: `choose_implementation`
-    with what the problem needs, and whether any of its sizes (batch,
-    lengths) is known only at run time."""
+    with what the problem needs, and whether it is traced with a size
+    (batch, lengths) known only at run time or by torch's compiler."""
     query_shape = static_shape(problem.query)
     key_length = static_shape(problem.key)[1]
     return choose_implementation(
@@ -399,7 +400,7 @@ def _path_for(implementation, problem):
         flash_attention=problem.flash_attention,
         sliding_window=problem.sliding_window,
         tiled_features=problem.tiled_features,
-        symbolic=None in (*query_shape[:2], key_length),
+        symbolic=None in (*query_shape[:2], key_length) or torch_compiling(),
     )
 
 

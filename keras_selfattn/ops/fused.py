@@ -97,15 +97,25 @@ def _kernel(query, key, value, mask, bias, is_causal, scale, flash_attention):
     return output[..., :value_size]
 
 
-def _eager_torch():
-    """Backend fast path, torch only: True when running eagerly (not under
-    `torch.compile`), where a shape may depend on the data. Its portable
-    twin is the untrimmed kernel call that every other case takes."""
+def torch_compiling():
+    """True while torch's compiler traces the call (`torch.compile`,
+    `torch.export`, torch's ONNX export); False on other backends.
+
+    The package's one backend fast path reads it (`_eager_torch`), and
+    "auto" picks only paths that torch's exporters trace while it holds.
+    """
     if keras.backend.backend() != "torch":
         return False
     import torch
 
-    return not torch.compiler.is_compiling()
+    return torch.compiler.is_compiling()
+
+
+def _eager_torch():
+    """Backend fast path, torch only: True when running eagerly (not under
+    `torch.compile`), where a shape may depend on the data. Its portable
+    twin is the untrimmed kernel call that every other case takes."""
+    return keras.backend.backend() == "torch" and not torch_compiling()
 
 
 # A batch of at most SPLIT_ROWS_UP_TO rows on the CPU runs one call per row
