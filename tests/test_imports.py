@@ -18,7 +18,8 @@ assert "keras" not in sys.modules, "keras_selfattn imported Keras"
 import keras
 name = "keras_selfattn>TransformerEncoder"
 assert keras.saving.get_registered_object(name) is not None
-assert keras_selfattn.GroupQueryAttention is keras_selfattn.GroupedQueryAttention
+ksa = keras_selfattn
+assert ksa.GroupQueryAttention is ksa.GroupedQueryAttention
 """
 
 
