@@ -8,7 +8,7 @@ from keras_selfattn._validation import (
     check_positive_int,
     check_rate,
 )
-from keras_selfattn.ops.attention import attention_core, check_implementation
+from keras_selfattn.ops.attention import check_implementation
 
 POSITION_BIASES = (None, "alibi", "relative")
 
@@ -147,41 +147,16 @@ class AttentionConfig:
         names = names or [field.name for field in dataclasses.fields(self)]
         return {name: getattr(self, name) for name in names}
 
-    def attend(
-        self,
-        query,
-        key,
-        value,
-        mask,
-        is_causal,
-        scale,
-        dropout_seed,
-        training,
-        return_attention_scores,
-        attention_bias=None,
-        position_bias=None,
-    ):
-        """`attention_core` on checked `(B, L, heads, dim)` tensors with
-        these options: the dropout (in training only, drawn from the
-        layer's `dropout_seed` generator), path, flash choice, window and
-        soft cap."""
-        return attention_core(
-            query,
-            key,
-            value,
-            mask=mask,
-            is_causal=is_causal,
-            scale=scale,
-            dropout_rate=self.dropout if training else 0.0,
-            seed=dropout_seed,
-            return_attention_scores=return_attention_scores,
-            implementation=self.implementation,
-            sliding_window=self.sliding_window,
-            flash_attention=self.flash_attention,
-            attention_bias=attention_bias,
-            position_bias=position_bias,
-            logit_soft_cap=self.logit_soft_cap,
-        )
+    def core_options(self, training):
+        """The options `attention_core` takes from this configuration
+        for a call (attention dropout in training only)."""
+        return {
+            "dropout_rate": self.dropout if training else 0.0,
+            "implementation": self.implementation,
+            "sliding_window": self.sliding_window,
+            "flash_attention": self.flash_attention,
+            "logit_soft_cap": self.logit_soft_cap,
+        }
 
 
 def forward_options(*names):

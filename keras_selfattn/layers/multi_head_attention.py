@@ -24,6 +24,7 @@ from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,
 )
 from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
+from keras_selfattn.ops.attention import attention_core
 from keras_selfattn.ops.checks import check_float_input, check_mask
 from keras_selfattn.ops.masks import merge_masks, zero_masked_rows
 from keras_selfattn.ops.positions import alibi_bias
@@ -469,18 +470,18 @@ class MultiHeadAttention(CompositeLayer):
             keys = self.rotary_embedding(keys)
         if attention_bias is not None and len(attention_bias.shape) == 3:
             attention_bias = ops.expand_dims(attention_bias, 1)
-        result = self.attention_config.attend(
+        result = attention_core(
             queries,
             keys,
             values,
-            mask,
-            use_causal_mask,
-            1.0 / float(self.key_dim) ** 0.5,
-            self.seed_generator,
-            training,
-            return_attention_scores,
+            mask=mask,
+            is_causal=use_causal_mask,
+            scale=1.0 / float(self.key_dim) ** 0.5,
+            seed=self.seed_generator,
+            return_attention_scores=return_attention_scores,
             attention_bias=attention_bias,
             position_bias=self._position_bias(),
+            **self.attention_config.core_options(training),
         )
         output, scores = result if return_attention_scores else (result, None)
         # Padded queries attend to nothing: their rows are zeros.

@@ -16,6 +16,7 @@ from keras_selfattn.layers.composite import (
     restore_sublayers,
     sublayer_dtype,
 )
+from keras_selfattn.ops.attention import attention_core
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -142,16 +143,16 @@ class SelfAttention(CompositeLayer):
         else:
             query = key = value = inputs
         query, key, value = (ops.expand_dims(t, 2) for t in (query, key, value))
-        result = self.attention_config.attend(
+        result = attention_core(
             query,
             key,
             value,
-            attention_mask,
-            use_causal_mask,
-            None,  # 1 / sqrt(width)
-            self.seed_generator,
-            training,
-            return_attention_scores,
+            mask=attention_mask,
+            is_causal=use_causal_mask,
+            scale=None,  # 1 / sqrt(width)
+            seed=self.seed_generator,
+            return_attention_scores=return_attention_scores,
+            **self.attention_config.core_options(training),
         )
         if return_attention_scores:
             output, scores = result

@@ -13,9 +13,11 @@ Semantics kept on every backend, eager and compiled:
 - grouped-query attention when `Hkv` divides `H` (query heads
   `g * (H // Hkv) ... (g + 1) * (H // Hkv) - 1` share key/value head `g`).
 
-`attention_core` describes a call once (`AttentionProblem`) and runs it
-on one of the paths of `PATHS`, each a function of that problem in a
-module of its own, each saying what it supports (`AttentionPath`):
+`attention_core` describes a call once (`AttentionProblem`: checked
+inputs, every mask and bias at rank 4) and runs it on one of the paths
+of `PATHS`, each a function `path(problem) -> (output, probabilities or
+None)` in a module of its own, each saying what it supports
+(`AttentionPath`):
 
 - `"einsum"` (`ops.einsum`): materialises the `(B, H, T, S)` probabilities;
   the only one that applies attention dropout or returns the probabilities;
@@ -33,8 +35,10 @@ cannot carry.
 
 import dataclasses
 import functools
+import math
 
 import keras
+from keras import ops
 
 from keras_selfattn._validation import (
     check_choice,
@@ -52,9 +56,83 @@ from keras_selfattn.ops.checks import (
 )
 from keras_selfattn.ops.einsum import einsum_path
 from keras_selfattn.ops.fused import fused_path, torch_compiling
-from keras_selfattn.ops.problem import describe_problem
+from keras_selfattn.ops.masks import as_bool, merge_masks, sliding_window_mask
 
 BACKENDS = ("jax", "tensorflow", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionProblem:
+    """The inputs of one attention call, as every path takes them.
+
+    Build it with `describe_problem`, which brings masks and biases to
+    rank 4 and fills the scale.
+    """
+
+    query: object
+    key: object
+    value: object
+    mask: object = None
+    is_causal: bool = False
+    scale: float = 1.0
+    sliding_window: int = None
+    attention_bias: object = None
+    position_bias: object = None
+    logit_soft_cap: float = None
+    dropout_rate: float = 0.0
+    seed: object = None
+    flash_attention: bool = None
+    return_attention_scores: bool = False
+
+    @property
+    def needs_probabilities(self):
+        """Whether the call needs the probabilities materialised (dropout
+        on them, or returned)."""
+        return self.dropout_rate > 0.0 or self.return_attention_scores
+
+    @property
+    def tiled_features(self):
+        """A position bias or a soft cap: what the blockwise path computes
+        tile by tile and the fused kernels cannot (or only whole)."""
+        return self.position_bias is not None or self.logit_soft_cap is not None
+
+    def banded_mask(self):
+        """The mask with the sliding window folded in, for the paths that
+        take the window as a dense `(T, S)` band."""
+        if self.sliding_window is None:
+            return self.mask
+        window = sliding_window_mask(
+            ops.shape(self.query)[1],
+            ops.shape(self.key)[1],
+            self.sliding_window,
+        )
+        return merge_masks(self.mask, window[None, None])
+
+
+def describe_problem(query, key, value, *, mask=None, scale=None, **options):
+    """An `AttentionProblem` of checked inputs: a rank-2 mask or bias
+    becomes rank 4, an integer mask boolean, `scale=None` `1 / sqrt(D)`;
+    `options` are the other fields."""
+    if scale is None:
+        scale = 1.0 / math.sqrt(query.shape[-1])
+    if mask is not None:
+        mask = as_bool(mask)
+        if len(mask.shape) == 2:
+            mask = mask[None, None]
+    bias = options.pop("attention_bias", None)
+    if bias is not None:
+        bias = ops.convert_to_tensor(bias)
+        if len(bias.shape) == 2:
+            bias = bias[None, None]
+    return AttentionProblem(
+        query,
+        key,
+        value,
+        mask=mask,
+        scale=scale,
+        attention_bias=bias,
+        **options,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
