@@ -147,16 +147,22 @@ class AttentionConfig:
         names = names or [field.name for field in dataclasses.fields(self)]
         return {name: getattr(self, name) for name in names}
 
-    def core_options(self, training):
-        """The options `attention_core` takes from this configuration
-        for a call (attention dropout in training only)."""
+    def problem_options(self, training):
+        """The `AttentionProblem` fields this configuration sets for a
+        call (attention dropout in training only); the path is
+        `implementation`."""
         return {
             "dropout_rate": self.dropout if training else 0.0,
-            "implementation": self.implementation,
             "sliding_window": self.sliding_window,
             "flash_attention": self.flash_attention,
             "logit_soft_cap": self.logit_soft_cap,
         }
+
+
+# The configuration's fields: the attention arguments of a layer.
+OPTION_NAMES = tuple(
+    field.name for field in dataclasses.fields(AttentionConfig)
+)
 
 
 def forward_options(*names):

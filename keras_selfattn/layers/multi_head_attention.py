@@ -9,6 +9,7 @@ from keras_selfattn.layers._attention_axes import (
     projection_equation,
 )
 from keras_selfattn.layers.attention_config import (
+    OPTION_NAMES,
     AttentionConfig,
     forward_options,
 )
@@ -24,32 +25,14 @@ from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,
 )
 from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
-from keras_selfattn.ops.attention import attention_core
+from keras_selfattn.ops.attention import AttentionProblem, attention_core
 from keras_selfattn.ops.checks import check_float_input, check_mask
 from keras_selfattn.ops.masks import merge_masks, zero_masked_rows
 from keras_selfattn.ops.positions import alibi_bias
 
-# The options kept in `attention_config`, readable as attributes too.
-ATTENTION_OPTIONS = (
-    "num_heads",
-    "num_key_value_heads",
-    "dropout",
-    "seed",
-    "implementation",
-    "flash_attention",
-    "sliding_window",
-    "logit_soft_cap",
-    "position_bias",
-    "rotary_max_wavelength",
-    "rotary_scaling_factor",
-    "alibi_bias_max",
-    "relative_num_buckets",
-    "relative_max_distance",
-)
-
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
-@forward_options(*ATTENTION_OPTIONS)
+@forward_options(*OPTION_NAMES)
 class MultiHeadAttention(CompositeLayer):
     """Multi-head (and grouped-query) dot-product attention.
 
@@ -192,24 +175,12 @@ class MultiHeadAttention(CompositeLayer):
         attention_config=None,
         **kwargs,
     ):
+        # The attention arguments, by name (`AttentionConfig`'s fields).
+        options = {k: v for k, v in locals().items() if k in OPTION_NAMES}
         output_dim = kwargs.pop("output_dim", None)  # former name
         super().__init__(**kwargs)
         self.attention_config = AttentionConfig.from_arguments(
-            attention_config,
-            num_heads=num_heads,
-            num_key_value_heads=num_key_value_heads,
-            dropout=dropout,
-            seed=seed,
-            implementation=implementation,
-            flash_attention=flash_attention,
-            sliding_window=sliding_window,
-            logit_soft_cap=logit_soft_cap,
-            position_bias=position_bias,
-            rotary_max_wavelength=rotary_max_wavelength,
-            rotary_scaling_factor=rotary_scaling_factor,
-            alibi_bias_max=alibi_bias_max,
-            relative_num_buckets=relative_num_buckets,
-            relative_max_distance=relative_max_distance,
+            attention_config, **options
         )
         self.seed_generator = keras.random.SeedGenerator(self.seed)
         self.supports_masking = True
@@ -470,7 +441,7 @@ class MultiHeadAttention(CompositeLayer):
             keys = self.rotary_embedding(keys)
         if attention_bias is not None and len(attention_bias.shape) == 3:
             attention_bias = ops.expand_dims(attention_bias, 1)
-        result = attention_core(
+        problem = AttentionProblem(
             queries,
             keys,
             values,
@@ -481,8 +452,9 @@ class MultiHeadAttention(CompositeLayer):
             return_attention_scores=return_attention_scores,
             attention_bias=attention_bias,
             position_bias=self._position_bias(),
-            **self.attention_config.core_options(training),
+            **self.attention_config.problem_options(training),
         )
+        result = attention_core(problem, self.implementation)
         output, scores = result if return_attention_scores else (result, None)
         # Padded queries attend to nothing: their rows are zeros.
         query_mask = axes.positions_mask(query_mask)

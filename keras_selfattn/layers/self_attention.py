@@ -16,7 +16,7 @@ from keras_selfattn.layers.composite import (
     restore_sublayers,
     sublayer_dtype,
 )
-from keras_selfattn.ops.attention import attention_core
+from keras_selfattn.ops.attention import AttentionProblem, attention_core
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
@@ -143,7 +143,7 @@ class SelfAttention(CompositeLayer):
         else:
             query = key = value = inputs
         query, key, value = (ops.expand_dims(t, 2) for t in (query, key, value))
-        result = attention_core(
+        problem = AttentionProblem(
             query,
             key,
             value,
@@ -152,8 +152,9 @@ class SelfAttention(CompositeLayer):
             scale=None,  # 1 / sqrt(width)
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,
-            **self.attention_config.core_options(training),
+            **self.attention_config.problem_options(training),
         )
+        result = attention_core(problem, self.implementation)
         if return_attention_scores:
             output, scores = result
             return ops.squeeze(output, 2), ops.squeeze(scores, 1)

@@ -8,6 +8,7 @@ from keras_selfattn._validation import (
     check_rate,
 )
 from keras_selfattn.layers.attention_config import (
+    OPTION_NAMES,
     AttentionConfig,
     forward_options,
 )
@@ -21,21 +22,11 @@ from keras_selfattn.layers.composite import (
 )
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
 
-# The attention options this layer takes, as `MultiHeadAttention` does
-# (its own `dropout` is the residual branches' rate).
-ATTENTION_OPTIONS = (
-    "num_heads",
-    "num_key_value_heads",
-    "seed",
-    "implementation",
-    "sliding_window",
-    "logit_soft_cap",
-    "position_bias",
-    "rotary_max_wavelength",
-    "rotary_scaling_factor",
-    "alibi_bias_max",
-    "relative_num_buckets",
-    "relative_max_distance",
+# The attention arguments this layer takes, as `MultiHeadAttention` does
+# (its own `dropout` is the residual branches' rate; `attention_dropout`
+# the attention's).
+ATTENTION_OPTIONS = tuple(
+    name for name in OPTION_NAMES if name not in ("dropout", "flash_attention")
 )
 
 
@@ -122,6 +113,7 @@ class TransformerEncoder(CompositeLayer):
         relative_max_distance=128,
         **kwargs,
     ):
+        options = {k: v for k, v in locals().items() if k in ATTENTION_OPTIONS}
         super().__init__(**kwargs)
         self.intermediate_dim = check_positive_int(
             "intermediate_dim", intermediate_dim
@@ -135,23 +127,12 @@ class TransformerEncoder(CompositeLayer):
             else check_rate("attention_dropout", attention_dropout)
         )
         self.attention_config = AttentionConfig(
-            num_heads=num_heads,
-            num_key_value_heads=num_key_value_heads,
             dropout=(
                 self.dropout
                 if attention_dropout is None
                 else self.attention_dropout
             ),
-            seed=seed,
-            implementation=implementation,
-            sliding_window=sliding_window,
-            logit_soft_cap=logit_soft_cap,
-            position_bias=position_bias,
-            rotary_max_wavelength=rotary_max_wavelength,
-            rotary_scaling_factor=rotary_scaling_factor,
-            alibi_bias_max=alibi_bias_max,
-            relative_num_buckets=relative_num_buckets,
-            relative_max_distance=relative_max_distance,
+            **options,
         )
         self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)

@@ -13,8 +13,8 @@ Semantics kept on every backend, eager and compiled:
 - grouped-query attention when `Hkv` divides `H` (query heads
   `g * (H // Hkv) ... (g + 1) * (H // Hkv) - 1` share key/value head `g`).
 
-`attention_core` describes a call once (`AttentionProblem`: checked
-inputs, every mask and bias at rank 4) and runs it on one of the paths
+A call is described once (`AttentionProblem`: checked inputs, every
+mask and bias at rank 4), and `attention_core` runs it on one of the paths
 of `PATHS`, each a function `path(problem) -> (output, probabilities or
 None)` in a module of its own, each saying what it supports
 (`AttentionPath`):
@@ -63,10 +63,18 @@ BACKENDS = ("jax", "tensorflow", "torch")
 
 @dataclasses.dataclass(frozen=True)
 class AttentionProblem:
-    """The inputs of one attention call, as every path takes them.
+    """One attention call, as every path takes it: checked inputs and
+    the options of `scaled_dot_product_attention`, with the same
+    meaning. Made once per call: a rank-2 mask or bias becomes rank 4, an
+    integer mask boolean, and `scale=None` `1 / sqrt(D)`.
 
-    Build it with `describe_problem`, which brings masks and biases to
-    rank 4 and fills the scale.
+    Example:
+
+    >>> import numpy as np
+    >>> x = np.ones((1, 2, 1, 4), "float32")
+    >>> problem = AttentionProblem(x, x, x, mask=np.ones((2, 2), bool))
+    >>> tuple(problem.mask.shape), problem.scale
+    ((1, 1, 2, 2), 0.5)
     """
 
     query: object
@@ -74,7 +82,7 @@ class AttentionProblem:
     value: object
     mask: object = None
     is_causal: bool = False
-    scale: float = 1.0
+    scale: float = None
     sliding_window: int = None
     attention_bias: object = None
     position_bias: object = None
@@ -83,6 +91,16 @@ class AttentionProblem:
     seed: object = None
     flash_attention: bool = None
     return_attention_scores: bool = False
+
+    def __post_init__(self):
+        if self.scale is None:
+            scale = 1.0 / math.sqrt(self.query.shape[-1])
+            object.__setattr__(self, "scale", scale)
+        if self.mask is not None:
+            object.__setattr__(self, "mask", _rank_4(as_bool(self.mask)))
+        if self.attention_bias is not None:
+            bias = ops.convert_to_tensor(self.attention_bias)
+            object.__setattr__(self, "attention_bias", _rank_4(bias))
 
     @property
     def needs_probabilities(self):
@@ -109,30 +127,9 @@ class AttentionProblem:
         return merge_masks(self.mask, window[None, None])
 
 
-def describe_problem(query, key, value, *, mask=None, scale=None, **options):
-    """An `AttentionProblem` of checked inputs: a rank-2 mask or bias
-    becomes rank 4, an integer mask boolean, `scale=None` `1 / sqrt(D)`;
-    `options` are the other fields."""
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    if mask is not None:
-        mask = as_bool(mask)
-        if len(mask.shape) == 2:
-            mask = mask[None, None]
-    bias = options.pop("attention_bias", None)
-    if bias is not None:
-        bias = ops.convert_to_tensor(bias)
-        if len(bias.shape) == 2:
-            bias = bias[None, None]
-    return AttentionProblem(
-        query,
-        key,
-        value,
-        mask=mask,
-        scale=scale,
-        attention_bias=bias,
-        **options,
-    )
+def _rank_4(tensor):
+    """A `(T, S)` mask or bias as `(1, 1, T, S)`; rank 4 as it is."""
+    return tensor[None, None] if len(tensor.shape) == 2 else tensor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,83 +262,46 @@ def scaled_dot_product_attention(
         flash_attention,
         logit_soft_cap,
     )
-    return attention_core(
+    problem = AttentionProblem(
         query,
         key,
         value,
         mask=mask,
         is_causal=is_causal,
         scale=scale,
-        dropout_rate=dropout_rate,
-        seed=seed,
-        return_attention_scores=return_attention_scores,
-        implementation=implementation,
         sliding_window=sliding_window,
-        flash_attention=flash_attention,
         attention_bias=attention_bias,
         position_bias=position_bias,
         logit_soft_cap=logit_soft_cap,
+        dropout_rate=dropout_rate,
+        seed=seed,
+        flash_attention=flash_attention,
+        return_attention_scores=return_attention_scores,
     )
+    return attention_core(problem, implementation)
 
 
-def attention_core(
-    query,
-    key,
-    value,
-    *,
-    mask,
-    is_causal,
-    scale,
-    dropout_rate,
-    seed,
-    return_attention_scores,
-    implementation,
-    sliding_window=None,
-    flash_attention=None,
-    attention_bias=None,
-    position_bias=None,
-    logit_soft_cap=None,
-):
-    """`scaled_dot_product_attention` without its checks or defaults.
+def attention_core(problem, implementation="auto"):
+    """The attention of an `AttentionProblem` (checked inputs), on the
+    path `implementation` names or the one `"auto"` picks for it:
+    `scaled_dot_product_attention` without its checks. The layers call
+    it after checking their own inputs and `check_implementation`.
 
-    Trusts its arguments: callers pass what `scaled_dot_product_attention`
-    checks (shapes, dtypes, mask, rate, `check_implementation`), and every
-    argument, with the same meaning (`scale=None`: `1 / sqrt(D)`). The
-    layers call it after checking their own inputs. The call is described
-    once (`describe_problem`) and run on the path `implementation` names,
-    or on the one `"auto"` picks for it.
+    Returns the output, and the probabilities too when the problem asks
+    for them (`return_attention_scores`).
 
     Example:
 
     >>> import numpy as np
     >>> x = np.ones((1, 2, 1, 4), "float32")
-    >>> out = attention_core(
-    ...     x, x, x, mask=None, is_causal=True, scale=None, dropout_rate=0.0,
-    ...     seed=None, return_attention_scores=False, implementation="auto",
-    ... )
+    >>> out = attention_core(AttentionProblem(x, x, x, is_causal=True))
     >>> tuple(out.shape)
     (1, 2, 1, 4)
     """
-    problem = describe_problem(
-        query,
-        key,
-        value,
-        mask=mask,
-        is_causal=is_causal,
-        scale=scale,
-        dropout_rate=dropout_rate,
-        seed=seed,
-        return_attention_scores=return_attention_scores,
-        sliding_window=sliding_window,
-        flash_attention=flash_attention,
-        attention_bias=attention_bias,
-        position_bias=position_bias,
-        logit_soft_cap=logit_soft_cap,
-    )
     output, probabilities = PATHS[_path_for(implementation, problem)].run(
         problem
     )
-    if return_attention_scores:
+    if problem.return_attention_scores:
         return output, probabilities
     return output
 
