@@ -150,10 +150,20 @@ def test_smoke_run_writes_everything(trained):
     assert metrics["test_f1"] >= 0.9, metrics["test_f1"]
 
 
-def test_predict_prints_entities_with_character_offsets(trained):
+PREDICT_TEXTS = ["Maria  Nowak visited Oslo on Monday.", "Shares in Fiat fell."]
+
+
+@pytest.fixture(scope="module")
+def predicted(trained):
+    """`predict`'s stdout on PREDICT_TEXTS given as arguments."""
     out, _ = trained
-    texts = ["Maria  Nowak visited Oslo on Monday.", "Shares in Fiat fell."]
-    entities = parse_entities(run(["predict", "--model-dir", str(out), *texts]))
+    return run(["predict", "--model-dir", str(out), *PREDICT_TEXTS])
+
+
+def test_predict_prints_entities_with_character_offsets(trained, predicted):
+    out, _ = trained
+    texts = PREDICT_TEXTS
+    entities = parse_entities(predicted)
     assert entities == [
         [("PER", 0, 12, "Maria  Nowak"), ("LOC", 21, 25, "Oslo")],
         [("ORG", 10, 14, "Fiat")],
@@ -227,12 +237,13 @@ def test_decoder_file_gives_the_keras_viterbi_chain():
 
 
 @pytest.mark.parametrize("other", other_backends()[1:2])
-def test_saved_model_tags_the_same_under_other_backends(trained, other):
+def test_saved_model_tags_the_same_under_other_backends(
+    trained, predicted, other
+):
     out, _ = trained
-    texts = ["John Smith said Reuters fell in Lima .", "the match ended ."]
-    here = run(["predict", "--model-dir", str(out), *texts])
-    there = run(["predict", "--model-dir", str(out), *texts], backend=other)
-    assert there == here and parse_entities(here)[0]
+    args = ["predict", "--model-dir", str(out), *PREDICT_TEXTS]
+    there = run(args, backend=other)
+    assert there == predicted and parse_entities(predicted)[0]
 
 
 def test_init_fine_tunes_a_pretrained_encoder(tmp_path):

@@ -103,12 +103,20 @@ def test_smoke_run_writes_everything(trained):
     assert metrics["test_accuracy"] >= 0.9, metrics["test_accuracy"]
 
 
-def test_predict_reads_arguments_and_stdin(trained):
+PREDICT_TEXTS = ["a wonderful and superb film", "boring and awful plot"]
+
+
+@pytest.fixture(scope="module")
+def predicted(trained):
+    """`predict`'s stdout on PREDICT_TEXTS given as arguments."""
     out, _ = trained
-    texts = ["a wonderful and superb film", "boring and awful plot"]
-    labels, probs = parse_predictions(
-        run(["predict", "--model-dir", str(out), *texts])
-    )
+    return run(["predict", "--model-dir", str(out), *PREDICT_TEXTS])
+
+
+def test_predict_reads_arguments_and_stdin(trained, predicted):
+    out, _ = trained
+    texts = PREDICT_TEXTS
+    labels, probs = parse_predictions(predicted)
     assert labels == ["good", "bad"] and probs.shape == (2,)
     from_stdin, _ = parse_predictions(
         run(["predict", "--model-dir", str(out)], stdin="\n".join(texts))
@@ -146,14 +154,13 @@ def test_exported_artifact_predicts_without_keras(trained):
 
 
 @pytest.mark.parametrize("other", other_backends()[0:1])
-def test_saved_model_predicts_the_same_under_other_backends(trained, other):
+def test_saved_model_predicts_the_same_under_other_backends(
+    trained, predicted, other
+):
     out, _ = trained
-    texts = ["great moving story", "dull and pointless", "the film was a plot"]
-    _, here = parse_predictions(
-        run(["predict", "--model-dir", str(out), *texts])
-    )
+    _, here = parse_predictions(predicted)
     _, there = parse_predictions(
-        run(["predict", "--model-dir", str(out), *texts], backend=other)
+        run(["predict", "--model-dir", str(out), *PREDICT_TEXTS], backend=other)
     )
     np.testing.assert_allclose(there, here, atol=1e-3)  # printed with 3 digits
 
