@@ -42,9 +42,7 @@ _EXPORTS = {
 _ALIASES = {"GroupQueryAttention": "GroupedQueryAttention"}
 _SUBMODULES = ("distribution", "layers", "lora", "ops", "pretrained", "text")
 
-__all__ = sorted(
-    [*_EXPORTS, *_ALIASES, "distribution", "ops", "__version__"]
-)
+__all__ = sorted([*_EXPORTS, *_ALIASES, "distribution", "ops", "__version__"])
 
 
 def __getattr__(name):
