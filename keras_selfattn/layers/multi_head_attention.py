@@ -231,38 +231,29 @@ class MultiHeadAttention(CompositeLayer):
     def build(self, query_shape, value_shape=None, key_shape=None):
         value_shape = query_shape if value_shape is None else value_shape
         key_shape = value_shape if key_shape is None else key_shape
+        _check_build_shapes(query_shape, value_shape, key_shape)
         rank = len(query_shape)
-        for name, shape in (
-            ("query", query_shape),
-            ("value", value_shape),
-            ("key", key_shape),
-        ):
-            if len(shape) < 3 or len(shape) != rank or shape[-1] is None:
-                raise ValueError(
-                    f"`{name}` must have shape (batch, positions..., width) "
-                    "with a known width and the same rank as `query`. "
-                    f"Received: {name}.shape={tuple(shape)}, "
-                    f"query.shape={tuple(query_shape)}"
-                )
-        if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
-            raise ValueError(
-                "`key` and `value` must have the same shape except the last "
-                f"axis. Received: key.shape={tuple(key_shape)}, "
-                f"value.shape={tuple(value_shape)}"
-            )
         self._axes = AttentionAxes(rank, self.attention_axes)
         self._input_shapes = {
             "query": tuple(query_shape),
             "value": tuple(value_shape),
             "key": tuple(key_shape),
         }
-        free = rank - 1
+        self._build_projections(query_shape, value_shape, key_shape)
+        self._build_positions()
+        restore_sublayers(self)
+
+    def _build_projections(self, query_shape, value_shape, key_shape):
+        """The query, key, gate, value and output projections, in the
+        order (and with the names) of keras' layer."""
+        free = len(query_shape) - 1
+        kv_heads = self.attention_config.kv_heads
         self.query_dense = self._einsum_dense(
             "query", free, 1, (self.num_heads, self.key_dim)
         )
         self.query_dense.build(query_shape)
         self.key_dense = self._einsum_dense(
-            "key", free, 1, (self.attention_config.kv_heads, self.key_dim)
+            "key", free, 1, (kv_heads, self.key_dim)
         )
         self.key_dense.build(key_shape)
         if self.use_gate:
@@ -275,7 +266,7 @@ class MultiHeadAttention(CompositeLayer):
             )
             self.gate_dense.build(query_shape)
         self.value_dense = self._einsum_dense(
-            "value", free, 1, (self.attention_config.kv_heads, self.value_dim)
+            "value", free, 1, (kv_heads, self.value_dim)
         )
         self.value_dense.build(value_shape)
         self.output_dense = self._einsum_dense(
@@ -287,6 +278,9 @@ class MultiHeadAttention(CompositeLayer):
         self.output_dense.build(
             tuple(query_shape[:-1]) + (self.num_heads, self.value_dim)
         )
+
+    def _build_positions(self):
+        """The rotary embedding and the T5 bias, where the options ask."""
         if self.rotary_max_wavelength is not None:
             self.rotary_embedding = RotaryEmbedding(
                 self.rotary_max_wavelength,
@@ -303,7 +297,6 @@ class MultiHeadAttention(CompositeLayer):
                 name="relative_position_bias",
             )
             self.relative_position_bias.build()
-        restore_sublayers(self)
 
     def call(
         self,
@@ -538,6 +531,30 @@ class MultiHeadAttention(CompositeLayer):
             }
         )
         return config
+
+
+def _check_build_shapes(query_shape, value_shape, key_shape):
+    """Raise unless the inputs have one rank (3 or more), known widths,
+    and key and value the same positions."""
+    rank = len(query_shape)
+    for name, shape in (
+        ("query", query_shape),
+        ("value", value_shape),
+        ("key", key_shape),
+    ):
+        if len(shape) < 3 or len(shape) != rank or shape[-1] is None:
+            raise ValueError(
+                f"`{name}` must have shape (batch, positions..., width) "
+                "with a known width and the same rank as `query`. "
+                f"Received: {name}.shape={tuple(shape)}, "
+                f"query.shape={tuple(query_shape)}"
+            )
+    if tuple(value_shape[1:-1]) != tuple(key_shape[1:-1]):
+        raise ValueError(
+            "`key` and `value` must have the same shape except the last "
+            f"axis. Received: key.shape={tuple(key_shape)}, "
+            f"value.shape={tuple(value_shape)}"
+        )
 
 
 def _check_output_shape(output_shape, output_dim):
