@@ -78,9 +78,7 @@ def test_attention_config_is_written_as_its_arguments():
     clone = ksa.MultiHeadAttention.from_config(written)
     assert clone.attention_config == config
     with pytest.raises(ValueError, match="sliding_window"):
-        ksa.MultiHeadAttention(
-            4, 8, sliding_window=5, attention_config=config
-        )
+        ksa.MultiHeadAttention(4, 8, sliding_window=5, attention_config=config)
 
 
 def build_model():
@@ -127,6 +125,11 @@ CROSS_BACKEND_SCRIPT = textwrap.dedent(
     model = build_model()
     model.save(f"{directory}/{mine}.keras")
     np.save(f"{directory}/{mine}.npy", model.predict(IDS, verbose=0))
+    # test_keras_compat's model of every keras argument, in one process.
+    compat = keras.saving.load_model(f"{directory}/compat.keras")
+    inputs = [np.load(f"{directory}/compat-input{i}.npy") for i in range(2)]
+    for i, output in enumerate(compat.predict(inputs, verbose=0)):
+        np.save(f"{directory}/compat-output{i}.npy", output)
     """
 )
 
@@ -138,6 +141,7 @@ def test_keras_file_crosses_backends(tmp_path, other):
     model = build_model()
     want = model.predict(IDS, verbose=0)
     model.save(tmp_path / f"{BACKEND}.keras")
+    compat_inputs, compat_want = save_compat_model(tmp_path)
     env = dict(os.environ, KERAS_BACKEND=other)
     result = subprocess.run(
         [sys.executable, "-c", CROSS_BACKEND_SCRIPT, BACKEND, str(tmp_path)],
@@ -157,15 +161,29 @@ def test_keras_file_crosses_backends(tmp_path, other):
         np.load(tmp_path / f"{other}.npy"),
         atol=1e-6,
     )
+    for i, expected in enumerate(compat_want):
+        got = np.load(tmp_path / f"compat-output{i}.npy")
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def save_compat_model(directory):
+    """test_keras_compat's model of every keras argument, saved with its
+    inputs: `(inputs, predictions)`."""
+    from test_keras_compat import compat_inputs, saving_model
+
+    inputs = compat_inputs()
+    model = saving_model()
+    model.save(directory / "compat.keras")
+    for i, array in enumerate(inputs):
+        np.save(directory / f"compat-input{i}.npy", array)
+    return inputs, model.predict(inputs, verbose=0)
 
 
 def test_file_saved_by_version_0_1_0_loads_and_predicts_the_same():
     # Written by tests/fixtures/make_saved_model.py under keras-selfattn
     # 0.1.0: every public layer, with the options each saved then.
     fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
-    model = keras.saving.load_model(
-        os.path.join(fixtures, "saved_0_1_0.keras")
-    )
+    model = keras.saving.load_model(os.path.join(fixtures, "saved_0_1_0.keras"))
     expected = np.load(os.path.join(fixtures, "saved_0_1_0.npz"))
     np.testing.assert_allclose(
         model.predict(expected["token_ids"], verbose=0),
