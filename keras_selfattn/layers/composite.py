@@ -21,7 +21,7 @@ class CompositeLayer(keras.layers.Layer):
 
     What is done to the sublayers after building, `model.quantize()` and
     LoRA adapters (`keras_selfattn.lora.enable_lora`), is written
-    into the config (`record_sublayers`), so that a loaded layer's
+    into the config (`_record_sublayers`), so that a loaded layer's
     `build()` does it again: quantized policies as each sublayer is
     created (`sublayer_dtype`), adapters once all are
     (`restore_sublayers`). A plain layer's config holds none of it.
@@ -36,7 +36,7 @@ class CompositeLayer(keras.layers.Layer):
         self._lora_records = {}
 
     def get_config(self):
-        return record_sublayers(self, super().get_config())
+        return self._record_sublayers(super().get_config())
 
     @classmethod
     def from_config(cls, config):
@@ -46,92 +46,95 @@ class CompositeLayer(keras.layers.Layer):
         layer._lora_records = records
         return layer
 
+    def _record_sublayers(self, config):
+        """Record in `config` (returned) what was done to `self`'s sublayers
+        after building, if anything:
 
-def record_sublayers(layer, config):
-    """Record in `config` (returned) what was done to `layer`'s sublayers
-    after building, if anything:
+        - `config["dtype"]`: a `DTypePolicyMap` of the policies of the
+          sublayers `model.quantize()` quantized, by path (keras' pattern for
+          composite layers); `sublayer_dtype` hands each its own.
+        - `config["lora"]`: `{path below: {"lora_rank", "lora_alpha"}}`
+          of the sublayers with a LoRA adapter; `restore_sublayers` enables
+          them again.
 
-    - `config["dtype"]`: a `DTypePolicyMap` of the policies of the
-      sublayers `model.quantize()` quantized, by path (keras' pattern for
-      composite layers); `sublayer_dtype` hands each its own.
-    - `config["lora"]`: `{path below layer: {"lora_rank", "lora_alpha"}}`
-      of the sublayers with a LoRA adapter; `restore_sublayers` enables
-      them again.
+        Records the layer already had (loaded, not yet built) are kept.
+        """
+        policy = self.dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            policy_map = {path: policy[path] for path in policy}
+            default = policy.default_policy
+        else:
+            policy_map, default = {}, policy
+        adapters = {
+            name: dict(lora) for name, lora in self._lora_records.items()
+        }
+        for sublayer in self._flatten_layers(include_self=False):
+            if getattr(sublayer, "lora_enabled", False):
+                adapters[path_below(self, sublayer)] = {
+                    "lora_rank": sublayer.lora_rank,
+                    "lora_alpha": sublayer.lora_alpha,
+                }
+            if (
+                sublayer.quantization_mode is None
+                or sublayer.path in policy_map
+            ):
+                continue
+            own = sublayer.dtype_policy
+            if isinstance(own, keras.dtype_policies.DTypePolicyMap):
+                own = own[sublayer.path]
+            policy_map[sublayer.path] = own
+        if policy_map:
+            config["dtype"] = keras.dtype_policies.serialize(
+                keras.dtype_policies.DTypePolicyMap(default, policy_map)
+            )
+        if adapters:
+            config["lora"] = adapters
+        return config
 
-    Records the layer already had (loaded, not yet built) are kept.
-    """
-    policy = layer.dtype_policy
-    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        policy_map = {path: policy[path] for path in policy}
-        default = policy.default_policy
-    else:
-        policy_map, default = {}, policy
-    adapters = {name: dict(lora) for name, lora in layer._lora_records.items()}
-    for sublayer in layer._flatten_layers(include_self=False):
-        if getattr(sublayer, "lora_enabled", False):
-            adapters[path_below(layer, sublayer)] = {
-                "lora_rank": sublayer.lora_rank,
-                "lora_alpha": sublayer.lora_alpha,
-            }
-        if sublayer.quantization_mode is None or sublayer.path in policy_map:
-            continue
-        own = sublayer.dtype_policy
-        if isinstance(own, keras.dtype_policies.DTypePolicyMap):
-            own = own[sublayer.path]
-        policy_map[sublayer.path] = own
-    if policy_map:
-        config["dtype"] = keras.dtype_policies.serialize(
-            keras.dtype_policies.DTypePolicyMap(default, policy_map)
-        )
-    if adapters:
-        config["lora"] = adapters
-    return config
+    def sublayer_dtype(self, name):
+        """The `dtype` for the sublayer `name` that `build()` creates: the
+        quantized policy a `DTypePolicyMap` of the layer holds for its path
+        (see `_record_sublayers`), else `self.dtype_policy`.
 
+        A quantized sublayer gets its own policy, not the map: keras 3.15's
+        Dense cannot save its int8/int4 variables under a map.
+        """
+        policy = self.dtype_policy
+        if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
+            own = policy[f"{self.path}/{name}"]
+            if own.quantization_mode is not None:
+                return own
+        return policy
 
-def sublayer_dtype(layer, name):
-    """The `dtype` for the sublayer `name` that `layer.build()` creates:
-    the quantized policy a `DTypePolicyMap` of `layer` holds for its path
-    (see `record_sublayers`), else `layer.dtype_policy`.
+    def restore_sublayers(self):
+        """Called last in `build()`: freeze the new sublayers of a frozen
+        layer (keras creates them trainable, so a loaded frozen layer would
+        train them) and enable the adapters its config records (see
+        `_record_sublayers`)."""
+        if not self.trainable:
+            # Each one: TensorFlow's attribute tracking skips setting a value
+            # an attribute already has, so `self.trainable = False` would not
+            # reach the sublayers.
+            for sublayer in self._flatten_layers(include_self=False):
+                sublayer.trainable = False
+        if not self._lora_records:
+            return
+        sublayers = {
+            path_below(self, sublayer): sublayer
+            for sublayer in adaptable_sublayers(self)
+        }
+        for name, lora in self._lora_records.items():
+            enable_adapter(
+                sublayers[name], lora["lora_rank"], lora["lora_alpha"]
+            )
 
-    A quantized sublayer gets its own policy, not the map: keras 3.15's
-    Dense cannot save its int8/int4 variables under a map.
-    """
-    policy = layer.dtype_policy
-    if isinstance(policy, keras.dtype_policies.DTypePolicyMap):
-        own = policy[f"{layer.path}/{name}"]
-        if own.quantization_mode is not None:
-            return own
-    return policy
-
-
-def restore_sublayers(layer):
-    """Called last in `build()`: freeze the new sublayers of a frozen
-    `layer` (keras creates them trainable, so a loaded frozen layer would
-    train them) and enable the adapters its config records (see
-    `record_sublayers`)."""
-    if not layer.trainable:
-        # Each one: TensorFlow's attribute tracking skips setting a value
-        # an attribute already has, so `layer.trainable = False` would not
-        # reach the sublayers.
-        for sublayer in layer._flatten_layers(include_self=False):
-            sublayer.trainable = False
-    if not layer._lora_records:
-        return
-    sublayers = {
-        path_below(layer, sublayer): sublayer
-        for sublayer in adaptable_sublayers(layer)
-    }
-    for name, lora in layer._lora_records.items():
-        enable_adapter(sublayers[name], lora["lora_rank"], lora["lora_alpha"])
-
-
-def initializers_config(layer):
-    """The `kernel_initializer`/`bias_initializer` entries of a config."""
-    return {
-        "kernel_initializer": keras.initializers.serialize(
-            layer.kernel_initializer
-        ),
-        "bias_initializer": keras.initializers.serialize(
-            layer.bias_initializer
-        ),
-    }
+    def initializers_config(self):
+        """The `kernel_initializer`/`bias_initializer` entries of a config."""
+        return {
+            "kernel_initializer": keras.initializers.serialize(
+                self.kernel_initializer
+            ),
+            "bias_initializer": keras.initializers.serialize(
+                self.bias_initializer
+            ),
+        }

@@ -14,13 +14,7 @@ from keras_selfattn.layers.attention_config import (
     forward_options,
 )
 from keras_selfattn.layers.call_inputs import check_attention_bias
-from keras_selfattn.layers.composite import (
-    CompositeLayer,
-    clone_initializer,
-    initializers_config,
-    restore_sublayers,
-    sublayer_dtype,
-)
+from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
 from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,
 )
@@ -220,7 +214,7 @@ class MultiHeadAttention(CompositeLayer):
             activity_regularizer=self.projection_activity_regularizer,
             kernel_constraint=self.kernel_constraint,
             bias_constraint=self.bias_constraint,
-            dtype=sublayer_dtype(self, name),
+            dtype=self.sublayer_dtype(name),
             **kw,
         )
         # Inputs may carry Keras masks; the projection passes them through
@@ -241,7 +235,7 @@ class MultiHeadAttention(CompositeLayer):
         }
         self._build_projections(query_shape, value_shape, key_shape)
         self._build_positions()
-        restore_sublayers(self)
+        self.restore_sublayers()
 
     def _build_projections(self, query_shape, value_shape, key_shape):
         """The query, key, gate, value and output projections, in the
@@ -511,7 +505,7 @@ class MultiHeadAttention(CompositeLayer):
                 "use_gate": self.use_gate,
                 "output_shape": self._output_shape,
                 "attention_axes": self.attention_axes,
-                **initializers_config(self),
+                **self.initializers_config(),
                 "kernel_regularizer": keras.regularizers.serialize(
                     self.kernel_regularizer
                 ),

@@ -9,13 +9,7 @@ from keras_selfattn.layers.attention_config import (
     forward_options,
 )
 from keras_selfattn.layers.call_inputs import check_self_attention_call
-from keras_selfattn.layers.composite import (
-    CompositeLayer,
-    clone_initializer,
-    initializers_config,
-    restore_sublayers,
-    sublayer_dtype,
-)
+from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
 from keras_selfattn.ops.attention import AttentionProblem, attention_core
 
 
@@ -112,12 +106,12 @@ class SelfAttention(CompositeLayer):
                 use_bias=self.use_bias,
                 kernel_initializer=clone_initializer(self.kernel_initializer),
                 bias_initializer=clone_initializer(self.bias_initializer),
-                dtype=sublayer_dtype(self, name),
+                dtype=self.sublayer_dtype(name),
                 name=name,
             )
             dense.build(inputs_shape)
             setattr(self, f"{name}_dense", dense)
-        restore_sublayers(self)
+        self.restore_sublayers()
 
     def call(
         self,
@@ -189,7 +183,7 @@ class SelfAttention(CompositeLayer):
                 "use_projections": self.use_projections,
                 "units": self.units,
                 "use_bias": self.use_bias,
-                **initializers_config(self),
+                **self.initializers_config(),
                 **self.attention_config.options(
                     "dropout", "seed", "implementation"
                 ),

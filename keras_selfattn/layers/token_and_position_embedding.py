@@ -12,12 +12,7 @@ from keras_selfattn._validation import (
 from keras_selfattn.layers.call_inputs import (
     check_int_input,
 )
-from keras_selfattn.layers.composite import (
-    CompositeLayer,
-    clone_initializer,
-    restore_sublayers,
-    sublayer_dtype,
-)
+from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
 from keras_selfattn.ops.masks import index_range
 from keras_selfattn.layers.sinusoidal_position_encoding import (
     sinusoidal_positions,
@@ -102,7 +97,7 @@ class TokenAndPositionEmbedding(CompositeLayer):
             embeddings_initializer=clone_initializer(
                 self.embeddings_initializer
             ),
-            dtype=sublayer_dtype(self, "token_embedding"),
+            dtype=self.sublayer_dtype("token_embedding"),
             name="token_embedding",
         )
         self.token_embedding.build(inputs_shape)
@@ -112,7 +107,7 @@ class TokenAndPositionEmbedding(CompositeLayer):
                 initializer=clone_initializer(self.embeddings_initializer),
                 name="position_embeddings",
             )
-        restore_sublayers(self)
+        self.restore_sublayers()
 
     def call(self, inputs):
         check_int_input("inputs", inputs)

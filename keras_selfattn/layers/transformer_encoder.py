@@ -13,13 +13,7 @@ from keras_selfattn.layers.attention_config import (
     forward_options,
 )
 from keras_selfattn.layers.call_inputs import check_self_attention_call
-from keras_selfattn.layers.composite import (
-    CompositeLayer,
-    clone_initializer,
-    initializers_config,
-    restore_sublayers,
-    sublayer_dtype,
-)
+from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
 
 # The attention arguments this layer takes, as `MultiHeadAttention` does
@@ -149,7 +143,7 @@ class TransformerEncoder(CompositeLayer):
             activation=activation,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
-            dtype=sublayer_dtype(self, name),
+            dtype=self.sublayer_dtype(name),
             name=name,
         )
 
@@ -206,7 +200,7 @@ class TransformerEncoder(CompositeLayer):
         self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
         self.feedforward_layer_norm.build(inputs_shape)
         self.feedforward_dropout = self._dropout("feedforward_dropout")
-        restore_sublayers(self)
+        self.restore_sublayers()
 
     def call(
         self,
@@ -281,7 +275,7 @@ class TransformerEncoder(CompositeLayer):
                 "activation": keras.activations.serialize(self.activation),
                 "norm_first": self.norm_first,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
-                **initializers_config(self),
+                **self.initializers_config(),
                 "attention_dropout": self.attention_dropout,
                 **self.attention_config.options(*ATTENTION_OPTIONS),
             }
