@@ -106,7 +106,7 @@ def blockwise_path(problem):
         logit_soft_cap=problem.logit_soft_cap,
     )
     output = _online_softmax_attention(query, key, value, bias, tiling)
-    if not (isinstance(query_padding, int) and query_padding == 0):
+    if not _is_zero(query_padding):
         output = output[:, :, :query_length]
     return ops.cast(ops.swapaxes(output, 1, 2), value_dtype), None
 
@@ -159,13 +159,19 @@ def _padding(length, multiple):
     return (length + multiple - 1) // multiple * multiple - length
 
 
+def _is_zero(value):
+    """Whether `value` is the Python int 0 (a padding or start that is a
+    tensor may be known only at run time, and counts as not zero)."""
+    return isinstance(value, int) and value == 0
+
+
 def _pad_tiles_source(tensor, query_padding, key_padding, value):
     """Pad the query and key axes of a rank-4 mask or bias that are not 1."""
     widths = [(0, 0)] * 4
     for axis, padding in ((2, query_padding), (3, key_padding)):
         if tensor.shape[axis] != 1:
             widths[axis] = (0, padding)
-    if all(isinstance(right, int) and right == 0 for _, right in widths):
+    if all(_is_zero(right) for _, right in widths):
         return tensor
     return ops.pad(tensor, widths, constant_values=value)
 
@@ -353,15 +359,11 @@ class _Tiling:
             return first, stop
         top = query_index * self.query_block
         bottom = ops.minimum(top + self.query_block, self.query_length) - 1
-        if self.is_causal:
+        if self.is_causal:  # keys up to the block's last row
             stop = ops.minimum(stop, bottom // self.block_size + 1)
         if self.sliding_window is not None:
-            window = self.sliding_window
-            first = ops.maximum(
-                first, ops.maximum(top - window + 1, 0) // self.block_size
-            )
-            stop = ops.minimum(
-                stop, (bottom + window - 1) // self.block_size + 1
+            first, stop = _narrow_to_window(
+                first, stop, top, bottom, self.sliding_window, self.block_size
             )
         return first, ops.maximum(first, stop)
 
@@ -372,17 +374,22 @@ class _Tiling:
         left = key_index * self.block_size
         right = left + self.block_size - 1
         first, stop = 0, self.num_query_blocks
-        if self.is_causal:
+        if self.is_causal:  # rows from the block's first key
             first = left // self.query_block
         if self.sliding_window is not None:
-            window = self.sliding_window
-            first = ops.maximum(
-                first, ops.maximum(left - window + 1, 0) // self.query_block
-            )
-            stop = ops.minimum(
-                stop, (right + window - 1) // self.query_block + 1
+            first, stop = _narrow_to_window(
+                first, stop, left, right, self.sliding_window, self.query_block
             )
         return first, ops.maximum(first, stop)
+
+
+def _narrow_to_window(first, stop, low, high, window, block_size):
+    """`(first, stop)`, blocks of `block_size` positions on one axis,
+    narrowed to those within `window` (`|i - j| < window`) of some
+    position `low .. high` on the other axis."""
+    first = ops.maximum(first, ops.maximum(low - window + 1, 0) // block_size)
+    stop = ops.minimum(stop, (high + window - 1) // block_size + 1)
+    return first, stop
 
 
 def _tile_of(source, query_start, key_start, tiling, keys_major):
@@ -396,7 +403,7 @@ def _tile_of(source, query_start, key_start, tiling, keys_major):
     ):
         if source.shape[axis] != 1:
             shape[axis], at[axis] = size, start
-    if all(isinstance(start, int) and start == 0 for start in at) and (
+    if all(_is_zero(start) for start in at) and (
         tuple(shape) == tuple(ops.shape(source))
     ):
         return source
@@ -409,7 +416,7 @@ def _heads_first(tensor, groups, padding):
     if groups > 1:
         tensor = ops.repeat(tensor, groups, axis=2)
     tensor = ops.transpose(tensor, (0, 2, 1, 3))
-    if isinstance(padding, int) and padding == 0:
+    if _is_zero(padding):
         return tensor
     return ops.pad(tensor, ((0, 0), (0, 0), (0, padding), (0, 0)))
 
