@@ -31,6 +31,9 @@ the kernel below it is float32 and heads-first: query `(B, H, T, D)`, key
 block sizes.
 """
 
+import functools
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
@@ -503,8 +506,12 @@ def _slice_axis(tensor, start, size, axis):
     return ops.slice(tensor, at, shape)
 
 
+# The forward pass.
+
+
 def _forward(query, key, value, bias, parameters, tiling):
-    """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`.
+    """Output `(B, H, T, Dv)` and row log-sum-exp `(B, H, T, 1)`, one
+    block of query rows at a time.
 
     A masked logit is MASKED_LOGIT, so its probability underflows to 0
     once its row has seen an allowed key. Until then the row's maximum is
@@ -512,65 +519,93 @@ def _forward(query, key, value, bias, parameters, tiling):
     allowed key rescales that sum and output by exp(MASKED_LOGIT - max) = 0,
     and a row that never sees one is found by its maximum and set to 0.
     """
-    block_size, query_block = tiling.block_size, tiling.query_block
 
-    def query_block_step(query_start, first, stop):
+    def attend_rows(query_start, key_range):
         query_rows = tiling.query_rows(query, query_start)
-        rows = ops.shape(query_rows)[:3] + (1,)
-        output = ops.zeros(rows[:3] + (ops.shape(value)[3],))
-        row_sum = ops.zeros(rows)
-        row_max = row_sum + MASKED_LOGIT  # not `full`: jax2onnx needs ints
 
-        def key_block_step(index, carry):
-            output, row_max, row_sum = carry
-            start = index * block_size
-            key_block = _slice_axis(key, start, block_size, 2)
-            logits = ops.matmul(query_rows, ops.swapaxes(key_block, -1, -2))
-            _, scores = tiling.scores(
-                logits, bias, parameters, query_start, start, False
-            )
-            new_max = ops.maximum(row_max, ops.max(scores, -1, keepdims=True))
-            probs = ops.exp(scores - new_max)
-            rescale = ops.exp(row_max - new_max)
-            row_sum = row_sum * rescale + ops.sum(probs, -1, keepdims=True)
-            output = output * rescale + ops.matmul(
-                probs, _slice_axis(value, start, block_size, 2)
-            )
-            return output, new_max, row_sum
+        def scores_of(logits, key_start):
+            return tiling.scores(
+                logits, bias, parameters, query_start, key_start, False
+            )[1]
 
-        output, row_max, row_sum = ops.fori_loop(
-            first, stop, key_block_step, (output, row_max, row_sum)
+        return _attend_rows(
+            query_rows, key, value, scores_of, tiling.block_size, key_range
         )
-        has_keys = row_max > MASKED_LOGIT
-        safe_sum = ops.where(has_keys, row_sum, 1.0)
-        output = ops.where(has_keys, output / safe_sum, 0.0)
-        log_sum_exp = ops.where(
-            has_keys, row_max + ops.log(safe_sum), _EMPTY_ROW_LSE
-        )
-        return output, log_sum_exp
 
     if tiling.one_query_block:
-        return query_block_step(0, *tiling.key_blocks())
+        return attend_rows(0, tiling.key_blocks())
 
     def block_of_rows(query_index):
-        return query_block_step(
-            query_index * query_block, *tiling.key_blocks(query_index)
-        )
+        query_start = query_index * tiling.query_block
+        return attend_rows(query_start, tiling.key_blocks(query_index))
 
-    if not _writes_in_place(isinstance(tiling.num_query_blocks, int)):
-        # Each query block's rows, stacked: no writes into a carried
-        # buffer, so the graph also exports (ONNX has no in-place update).
-        return tuple(
-            _unstack_query_blocks(stacked)
-            for stacked in ops.map(
-                block_of_rows,
-                index_range(tiling.num_query_blocks),
-            )
+    if _writes_in_place(isinstance(tiling.num_query_blocks, int)):
+        return _write_query_blocks(block_of_rows, query, value, tiling)
+    # Each query block's rows, stacked: no writes into a carried buffer,
+    # so the graph also exports (ONNX has no in-place update).
+    return tuple(
+        _unstack_query_blocks(stacked)
+        for stacked in ops.map(
+            block_of_rows, index_range(tiling.num_query_blocks)
         )
+    )
+
+
+def _attend_rows(query_rows, key, value, scores_of, block_size, key_range):
+    """Output and log-sum-exp of a block of query rows over the key blocks
+    `key_range`, `(first, stop)`; `scores_of(logits, key_start)` biases,
+    caps and masks a tile of logits."""
+    rows = ops.shape(query_rows)[:3] + (1,)
+    output = ops.zeros(rows[:3] + (ops.shape(value)[3],))
+    row_sum = ops.zeros(rows)
+    row_max = row_sum + MASKED_LOGIT  # not `full`: jax2onnx needs ints
+
+    def key_block_step(index, carry):
+        start = index * block_size
+        key_block = _slice_axis(key, start, block_size, 2)
+        logits = ops.matmul(query_rows, ops.swapaxes(key_block, -1, -2))
+        scores = scores_of(logits, start)
+        value_block = _slice_axis(value, start, block_size, 2)
+        return _online_softmax_step(carry, scores, value_block)
+
+    first, stop = key_range
+    carry = ops.fori_loop(
+        first, stop, key_block_step, (output, row_max, row_sum)
+    )
+    return _normalize_rows(*carry)
+
+
+def _online_softmax_step(carry, scores, value_block):
+    """The running `(output, row_max, row_sum)` after one tile of scores:
+    what was summed so far is rescaled to the new maximum."""
+    output, row_max, row_sum = carry
+    new_max = ops.maximum(row_max, ops.max(scores, -1, keepdims=True))
+    probs = ops.exp(scores - new_max)
+    rescale = ops.exp(row_max - new_max)
+    row_sum = row_sum * rescale + ops.sum(probs, -1, keepdims=True)
+    output = output * rescale + ops.matmul(probs, value_block)
+    return output, new_max, row_sum
+
+
+def _normalize_rows(output, row_max, row_sum):
+    """`(output / row_sum, log-sum-exp)`; a row that saw no allowed key
+    gives zeros and `_EMPTY_ROW_LSE`."""
+    has_keys = row_max > MASKED_LOGIT
+    safe_sum = ops.where(has_keys, row_sum, 1.0)
+    output = ops.where(has_keys, output / safe_sum, 0.0)
+    log_sum_exp = ops.where(
+        has_keys, row_max + ops.log(safe_sum), _EMPTY_ROW_LSE
+    )
+    return output, log_sum_exp
+
+
+def _write_query_blocks(block_of_rows, query, value, tiling):
+    """`block_of_rows(index)`, `(output, log-sum-exp)` of a query block,
+    written into whole-length tensors (in place, eager torch)."""
     output = ops.zeros(ops.shape(query)[:3] + (ops.shape(value)[3],))
     log_sum_exp = ops.zeros(ops.shape(query)[:3] + (1,))
     for query_index in range(tiling.num_query_blocks):
-        at = (0, 0, query_index * query_block, 0)
+        at = (0, 0, query_index * tiling.query_block, 0)
         block_output, block_lse = block_of_rows(query_index)
         output = _write_block(output, at, block_output)
         log_sum_exp = _write_block(log_sum_exp, at, block_lse)
@@ -582,6 +617,9 @@ def _unstack_query_blocks(blocks):
     shape = ops.shape(blocks)
     rows = ops.moveaxis(blocks, 0, 2)
     return ops.reshape(rows, (shape[1], shape[2], -1, shape[4]))
+
+
+# The backward pass.
 
 
 def _backward(saved, upstream, tiling):
@@ -597,69 +635,80 @@ def _backward(saved, upstream, tiling):
     `(query, key, value, bias, parameters, output, log_sum_exp)`.
     """
     query, key, value, bias, parameters, output, log_sum_exp = saved
-    block_size, query_block = tiling.block_size, tiling.query_block
     tiling.prepare_backward()
-    position_bias = tiling.position_bias
+    rows = _row_terms(query, upstream, output, log_sum_exp)
+    bias_t = None if bias is None else ops.swapaxes(bias, -1, -2)
+    tile_step = _tile_gradients(rows, bias_t, parameters, tiling)
+    key_block_step = _key_block_gradients(key, value, tile_step, tiling)
+    first, stop = tiling.key_blocks()
+    carry = ops.fori_loop(
+        first,
+        stop,
+        key_block_step,
+        _zero_gradients(rows.query_t, key, value, bias_t, parameters),
+    )
+    return _final_gradients(carry, bias is not None, parameters)
+
+
+class _RowTerms(NamedTuple):
+    """The backward's per-query-row operands, of every row or of one
+    query block: row-major `(B, H, T, ...)` and keys-major `_t`
+    `(B, H, ..., T)`."""
+
+    query: object
+    query_t: object
+    upstream: object
+    upstream_t: object
+    row_dot_t: object  # rowsum(dO * O), `(B, H, 1, T)`
+    log_sum_exp_t: object  # `(B, H, 1, T)`
+
+    def of_block(self, tiling, query_start):
+        """The terms of the query block from `query_start`."""
+        return _RowTerms(
+            *(
+                tiling.query_rows(term, query_start, axis=axis)
+                for term, axis in zip(self, (2, 3, 2, 3, 3, 3))
+            )
+        )
+
+
+def _row_terms(query, upstream, output, log_sum_exp):
+    """The `_RowTerms` of every row."""
     upstream = ops.cast(upstream, "float32")
     # d softmax: dS = P * (dP - rowsum(dO * O)); per-row terms as
     # `(B, H, 1, T)`, to broadcast over keys-major tiles.
-    row_dot = ops.swapaxes(
+    row_dot_t = ops.swapaxes(
         ops.sum(upstream * output, -1, keepdims=True), -1, -2
     )
-    log_sum_exp = ops.swapaxes(log_sum_exp, -1, -2)
+    log_sum_exp_t = ops.swapaxes(log_sum_exp, -1, -2)
     query_t, upstream_t = (
         ops.swapaxes(tensor, -1, -2) for tensor in (query, upstream)
     )
-    bias_t = None if bias is None else ops.swapaxes(bias, -1, -2)
-    # The carried gradients beyond query, key and value: the bias' (when
-    # there is one), then the position bias parameters'.
-    has_bias = bias is not None
+    return _RowTerms(
+        query, query_t, upstream, upstream_t, row_dot_t, log_sum_exp_t
+    )
 
-    def tile_step(key_start, key_block, value_block, query_start, carry):
-        grad_key_block, grad_value_block, grad_query_t, *extras = carry
-        query_rows_t = tiling.query_rows(query_t, query_start, axis=3)
-        logits_t = ops.matmul(key_block, query_rows_t)
-        capped_t, scores_t = tiling.scores(
-            logits_t, bias_t, parameters, query_start, key_start, True
-        )
-        # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
-        # log-sum-exp, or minus an empty row's _EMPTY_ROW_LSE, underflows.
-        probs_t = ops.exp(
-            scores_t - tiling.query_rows(log_sum_exp, query_start, axis=3)
-        )
-        grad_value_block = grad_value_block + ops.matmul(
-            probs_t, tiling.query_rows(upstream, query_start)
-        )
-        grad_probs_t = ops.matmul(
-            value_block, tiling.query_rows(upstream_t, query_start, axis=3)
-        )
-        grad_capped_t = probs_t * (
-            grad_probs_t - tiling.query_rows(row_dot, query_start, axis=3)
-        )
-        grad_logits_t = tiling.uncap_gradient(grad_capped_t, capped_t)
-        grad_query_t = tiling.add_query_rows(
-            grad_query_t,
-            query_start,
-            ops.einsum("bhsd,bhst->bhdt", key_block, grad_logits_t),
-            axis=3,
-        )
-        grad_key_block = grad_key_block + ops.matmul(
-            grad_logits_t, tiling.query_rows(query, query_start)
-        )
-        if has_bias:
-            extras[0] = _add_bias_tile(
-                extras[0], grad_logits_t, query_start, key_start
-            )
-        if parameters:
-            rows, cols = tiling.positions(query_start, key_start, True)
-            tile_grads = position_bias.gradients(
-                rows, cols, tiling.key_length, grad_logits_t, parameters
-            )
-            totals = extras[has_bias:]
-            extras[has_bias:] = [
-                total + grad for total, grad in zip(totals, tile_grads)
-            ]
-        return (grad_key_block, grad_value_block, grad_query_t, *extras)
+
+def _zero_gradients(query_t, key, value, bias_t, parameters):
+    """The outer loop's first carry: zero gradients of query (keys-major),
+    key, value, then the bias' (keys-major, when there is one) and the
+    position bias parameters'."""
+    extras = [] if bias_t is None else [ops.zeros_like(bias_t)]
+    extras += [
+        ops.zeros_like(parameter, SOFTMAX_DTYPE) for parameter in parameters
+    ]
+    return (
+        ops.zeros_like(query_t),
+        ops.zeros_like(key),
+        ops.zeros_like(value),
+        *extras,
+    )
+
+
+def _key_block_gradients(key, value, tile_step, tiling):
+    """The outer loop's step: one key block's gradients, summed over the
+    query blocks that may see it and written into the key's and value's."""
+    block_size = tiling.block_size
 
     def key_block_step(index, carry):
         grad_query_t, grad_key, grad_value, *extras = carry
@@ -672,48 +721,100 @@ def _backward(saved, upstream, tiling):
             grad_query_t,
             *extras,
         )
-        if tiling.one_query_block:
-            inner = tile_step(start, key_block, value_block, 0, inner)
-        else:
-            first, stop = tiling.query_blocks(index)
-
-            def query_block_step(query_index, inner):
-                query_start = query_index * query_block
-                return tile_step(
-                    start, key_block, value_block, query_start, inner
-                )
-
-            inner = ops.fori_loop(first, stop, query_block_step, inner)
+        visit = functools.partial(tile_step, start, key_block, value_block)
+        inner = _visit_query_blocks(visit, index, inner, tiling)
         grad_key_block, grad_value_block, grad_query_t, *extras = inner
         at = (0, 0, start, 0)
         grad_key = _write_block(grad_key, at, grad_key_block)
         grad_value = _write_block(grad_value, at, grad_value_block)
         return (grad_query_t, grad_key, grad_value, *extras)
 
-    extras = [] if bias_t is None else [ops.zeros_like(bias_t)]
-    extras += [
-        ops.zeros_like(parameter, SOFTMAX_DTYPE) for parameter in parameters
-    ]
-    first, stop = tiling.key_blocks()
-    grad_query_t, grad_key, grad_value, *extras = ops.fori_loop(
-        first,
-        stop,
-        key_block_step,
-        (
-            ops.zeros_like(query_t),
-            ops.zeros_like(key),
-            ops.zeros_like(value),
-            *extras,
-        ),
-    )
-    grads = [ops.swapaxes(grad_query_t, -1, -2), grad_key, grad_value]
+    return key_block_step
+
+
+def _visit_query_blocks(visit, key_index, carry, tiling):
+    """`visit(query_start, carry)` over the query blocks that may see key
+    block `key_index`, threading `carry`."""
+    if tiling.one_query_block:
+        return visit(0, carry)
+    first, stop = tiling.query_blocks(key_index)
+
+    def query_block_step(query_index, carry):
+        return visit(query_index * tiling.query_block, carry)
+
+    return ops.fori_loop(first, stop, query_block_step, carry)
+
+
+def _tile_gradients(rows, bias_t, parameters, tiling):
+    """The inner loop's step, `tile_step(key_start, key_block,
+    value_block, query_start, carry)`: one tile's share of the gradients,
+    carry `(grad_key_block, grad_value_block, grad_query_t, *extras)`."""
+
+    def tile_step(key_start, key_block, value_block, query_start, carry):
+        grad_key_block, grad_value_block, grad_query_t, *extras = carry
+        block = rows.of_block(tiling, query_start)
+        logits_t = ops.matmul(key_block, block.query_t)
+        capped_t, scores_t = tiling.scores(
+            logits_t, bias_t, parameters, query_start, key_start, True
+        )
+        # A masked logit gives exactly 0: MASKED_LOGIT minus a finite
+        # log-sum-exp, or minus an empty row's _EMPTY_ROW_LSE, underflows.
+        probs_t = ops.exp(scores_t - block.log_sum_exp_t)
+        grad_value_block = grad_value_block + ops.matmul(
+            probs_t, block.upstream
+        )
+        grad_logits_t = _logit_gradient(
+            probs_t, capped_t, value_block, block, tiling
+        )
+        grad_query_t = tiling.add_query_rows(
+            grad_query_t,
+            query_start,
+            ops.einsum("bhsd,bhst->bhdt", key_block, grad_logits_t),
+            axis=3,
+        )
+        grad_key_block = grad_key_block + ops.matmul(grad_logits_t, block.query)
+        extras = _add_extra_gradients(
+            extras,
+            grad_logits_t,
+            bias_t,
+            parameters,
+            tiling,
+            query_start,
+            key_start,
+        )
+        return (grad_key_block, grad_value_block, grad_query_t, *extras)
+
+    return tile_step
+
+
+def _logit_gradient(probs_t, capped_t, value_block, block, tiling):
+    """The gradient of a keys-major tile of logits (before the cap):
+    dS = P * (dP - rowsum(dO * O)), dP = V dO^T."""
+    grad_probs_t = ops.matmul(value_block, block.upstream_t)
+    grad_capped_t = probs_t * (grad_probs_t - block.row_dot_t)
+    return tiling.uncap_gradient(grad_capped_t, capped_t)
+
+
+def _add_extra_gradients(
+    extras, grad_logits_t, bias_t, parameters, tiling, query_start, key_start
+):
+    """The carried gradients of the bias (when there is one) and of the
+    position bias parameters, plus one tile's share."""
+    has_bias = bias_t is not None
     if has_bias:
-        grads.append(ops.swapaxes(extras[0], -1, -2))
-    grads.extend(
-        ops.cast(grad, parameter.dtype)
-        for grad, parameter in zip(extras[has_bias:], parameters)
-    )
-    return tuple(grads)
+        extras[0] = _add_bias_tile(
+            extras[0], grad_logits_t, query_start, key_start
+        )
+    if parameters:
+        rows, cols = tiling.positions(query_start, key_start, True)
+        tile_grads = tiling.position_bias.gradients(
+            rows, cols, tiling.key_length, grad_logits_t, parameters
+        )
+        totals = extras[has_bias:]
+        extras[has_bias:] = [
+            total + grad for total, grad in zip(totals, tile_grads)
+        ]
+    return extras
 
 
 def _add_bias_tile(grad_bias_t, grad_logits_t, query_start, key_start):
@@ -735,3 +836,17 @@ def _add_bias_tile(grad_bias_t, grad_logits_t, query_start, key_start):
         return grad_bias_t + grad_logits_t
     current = ops.slice(grad_bias_t, at, ops.shape(grad_logits_t))
     return _write_block(grad_bias_t, at, current + grad_logits_t)
+
+
+def _final_gradients(carry, has_bias, parameters):
+    """The outer loop's last carry as the inputs' gradients: query and
+    bias back to keys last, the parameters' in their dtypes."""
+    grad_query_t, grad_key, grad_value, *extras = carry
+    grads = [ops.swapaxes(grad_query_t, -1, -2), grad_key, grad_value]
+    if has_bias:
+        grads.append(ops.swapaxes(extras[0], -1, -2))
+    grads.extend(
+        ops.cast(grad, parameter.dtype)
+        for grad, parameter in zip(extras[has_bias:], parameters)
+    )
+    return tuple(grads)
