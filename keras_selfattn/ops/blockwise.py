@@ -7,12 +7,13 @@ running weighted sum of values (Milakov & Gimelshein 2018; Dao et al.,
 memory grows with the tile, not with `T * S`.
 
 Without a causal mask or a sliding window a tile holds every query row
-(of a long sequence, a block of 1024) and one block of keys. With either,
-the queries are cut into blocks too, and each query block visits only the
-key blocks inside its band: a window `w` costs `L * w`, not `L^2`, and a
-causal mask about half. (Where the query length is known only at run
-time, as in an exported graph, the band is masked tile by tile over one
-block of all the rows: exact, at the cost of `L^2`.)
+(of a long sequence, a block of `UNBANDED_QUERY_BLOCK`) and one block of
+keys. With either, the queries are cut into blocks too, and each query
+block visits only the key blocks inside its band: a window `w` costs
+`L * w`, not `L^2`, and a causal mask about half. (Where the query length
+is known only at run time, as in an exported graph, the band is masked
+tile by tile over one block of all the rows: exact, at the cost of
+`L^2`.)
 
 Biases (the user's `attention_bias`, a `PositionBias` such as ALiBi or
 T5's) and the logit soft cap are applied tile by tile; a position bias is
@@ -473,10 +474,10 @@ def _online_softmax_attention(query, key, value, bias, tiling):
 
 # Backend fast path (torch): `ops.slice_update` copies the whole tensor
 # on torch, which made the loops' writes cost O(L) each, O(L^2 / block)
-# in all (57% of a windowed step at 16k tokens). The tensors written here
-# are loop carries this module created and alone holds, inside the
-# custom gradient, so torch may write them in place. The portable twin is
-# `ops.slice_update`; tests/test_attention_paths.py checks the two agree.
+# in all. The tensors written here are loop carries this module created
+# and alone holds, inside the custom gradient, so torch may write them in
+# place. The portable twin is `ops.slice_update`;
+# tests/test_attention_paths.py checks the two agree.
 WRITE_IN_PLACE = True
 
 
@@ -629,9 +630,9 @@ def _backward(saved, upstream, tiling):
     The outer loop walks over key blocks, the inner one over the query
     blocks that may see them. Tiles are kept keys-major, `(B, H, block,
     rows)`: every product then reads its large operands in row-major
-    order, and only the whole-length query and upstream gradient are
-    transposed, once per call, not once per block. (Reading a `(T, block)`
-    tile down its columns made the CPU kernels ~1.6x slower.) `saved` is
+    order (reading a `(T, block)` tile down its columns is slower on the
+    CPU), and only the whole-length query and upstream gradient are
+    transposed, once per call, not once per block. `saved` is
     `(query, key, value, bias, parameters, output, log_sum_exp)`.
     """
     query, key, value, bias, parameters, output, log_sum_exp = saved

@@ -120,10 +120,10 @@ def _eager_torch():
 
 # A batch of at most SPLIT_ROWS_UP_TO rows on the CPU runs one call per row
 # when that leaves at most SPLIT_ROWS_AT_SHARE of the keys the whole batch,
-# trimmed to its longest row, would visit. Measured (forward + backward,
-# width 256, 4 heads, rows keeping 7/8 to 4/8 of their tokens), one call
-# per row against one call: 2 x 4096 tokens 0.44 against 0.48 s; 2 x 512
-# a tie; 8 x 1024 3% slower; 32 x 512 twice as slow (per-call costs).
+# trimmed to its longest row, would visit. One call per row skips the
+# shorter rows' padding but pays each call's own cost: a gain for a few
+# rows of unequal lengths, a loss for many rows or nearly equal ones
+# (README, "Attention implementations").
 SPLIT_ROWS_UP_TO = 4
 SPLIT_ROWS_AT_SHARE = 0.95
 
