@@ -97,6 +97,22 @@ def _kernel(query, key, value, mask, bias, is_causal, scale, flash_attention):
     return output[..., :value_size]
 
 
+def _pad_last_axis(tensor, size):
+    """`tensor` zero-padded on its last axis to `size` entries."""
+    missing = size - tensor.shape[-1]
+    if missing == 0:
+        return tensor
+    return ops.pad(
+        tensor, ((0, 0),) * (len(tensor.shape) - 1) + ((0, missing),)
+    )
+
+
+# Backend fast path (torch, eager): the package's only import of torch.
+# Its portable twin is the untrimmed `_kernel` call of `fused_path`, which
+# torch's compiler and the other backends run; tests/test_attention_paths.py
+# compares compiled with eager calls, and both with the NumPy oracle.
+
+
 def torch_compiling():
     """True while torch's compiler traces the call (`torch.compile`,
     `torch.export`, torch's ONNX export); False on other backends.
@@ -188,12 +204,3 @@ def _trimmed_call(tensors, length, hides_nothing, scale, flash_attention):
         query, key, value, mask, None, False, scale, flash_attention
     )
     return _zero_empty_rows(output, mask)
-
-
-def _pad_last_axis(tensor, size):
-    missing = size - tensor.shape[-1]
-    if missing == 0:
-        return tensor
-    return ops.pad(
-        tensor, ((0, 0),) * (len(tensor.shape) - 1) + ((0, missing),)
-    )
