@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BACKENDS ?= jax tensorflow torch
 PYTEST_ARGS ?=
+# Test processes per backend (pytest-xdist); a test file stays in one of
+# them, so its module fixtures are built once.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test sentiment ner
@@ -30,7 +33,8 @@ test: $(STAMP)
 	@failed=""; first=1; for backend in $(BACKENDS); do \
 	  echo "=== KERAS_BACKEND=$$backend ==="; \
 	  if [ $$first = 1 ]; then select=""; else select="not once"; fi; \
-	  KERAS_BACKEND=$$backend $(VENV)/bin/python -m pytest -m "$$select" $(PYTEST_ARGS); \
+	  KERAS_BACKEND=$$backend $(VENV)/bin/python -m pytest -m "$$select" \
+	    -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); \
 	  rc=$$?; first=0; \
 	  if [ $$rc -ne 0 ] && [ $$rc -ne 5 ]; then failed="$$failed $$backend"; fi; \
 	done; \
