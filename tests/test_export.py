@@ -73,12 +73,19 @@ def test_artifact_matches_predict(format, tmp_path):
     rng = np.random.default_rng(0)
     model = build_model()
     inputs = [token_ids(rng, 2, SHORT), token_ids(rng, 3, LONG)]
+    check_artifact(model, inputs, format, tmp_path)
+
+
+def check_artifact(model, inputs, format, directory):
+    """Export `model` (called on `inputs[0]`, exported with the last as
+    the sample), run the artifact in its runtime on every input and
+    compare with `model.predict`."""
     model(inputs[0])
-    path = exporting.export_artifact(model, tmp_path, format, inputs[1])
+    path = exporting.export_artifact(model, directory, format, inputs[-1])
     run = deploy.load_artifact(path)
-    for ids in inputs:
-        expected = model.predict(ids, verbose=0)
-        np.testing.assert_allclose(run(ids), expected, atol=1e-4, rtol=0)
+    for batch in inputs:
+        expected = model.predict(batch, verbose=0)
+        np.testing.assert_allclose(run(batch), expected, atol=1e-4, rtol=0)
 
 
 def build_static_length_model():
@@ -95,12 +102,7 @@ def test_static_length_model_exports(format, tmp_path):
     rng = np.random.default_rng(1)
     model = build_static_length_model()
     inputs = [rng.random((batch, LONG, 16), "float32") for batch in (2, 3)]
-    model(inputs[0])
-    path = exporting.export_artifact(model, tmp_path, format, inputs[1])
-    run = deploy.load_artifact(path)
-    for features in inputs:
-        expected = model.predict(features, verbose=0)
-        np.testing.assert_allclose(run(features), expected, atol=1e-4, rtol=0)
+    check_artifact(model, inputs, format, tmp_path)
 
 
 def test_failed_export_keeps_the_earlier_artifact(tmp_path):
