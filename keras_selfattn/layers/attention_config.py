@@ -144,8 +144,7 @@ class AttentionConfig:
     def options(self, *names):
         """`{name: value}` of the fields `names` (default: all), for a
         layer's `get_config`."""
-        names = names or [field.name for field in dataclasses.fields(self)]
-        return {name: getattr(self, name) for name in names}
+        return {name: getattr(self, name) for name in names or OPTION_NAMES}
 
     def problem_options(self, training):
         """The `AttentionProblem` fields this configuration sets for a

@@ -401,6 +401,28 @@ def choose_implementation(
     'einsum'
     """
     check_implementation(implementation, needs_probabilities, flash_attention)
+    return _resolve(
+        implementation,
+        key_length,
+        needs_probabilities,
+        flash_attention,
+        sliding_window,
+        tiled_features,
+        key_length is None if symbolic is None else symbolic,
+    )
+
+
+def _resolve(
+    implementation,
+    key_length,
+    needs_probabilities,
+    flash_attention,
+    sliding_window,
+    tiled_features,
+    symbolic,
+):
+    """`choose_implementation` for checked arguments: the fastest path
+    for the call, kept only if the trace can carry it."""
     if implementation != "auto":
         return implementation
     if flash_attention:
@@ -411,34 +433,34 @@ def choose_implementation(
     fused_kernel = backend == "torch" or (
         backend == "jax" and _accelerator() != "cpu"
     )
-    if symbolic is None:
-        symbolic = key_length is None
-    if symbolic and backend not in PATHS["blockwise"].exports_on:
-        return "fused" if fused_kernel and not tiled_features else "einsum"
     sparse_band = sliding_window is not None and (
         key_length is None or key_length >= SPARSE_BAND_WINDOWS * sliding_window
     )
     if fused_kernel and not (tiled_features or sparse_band):
-        return "fused"
-    if key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
-        return "blockwise"
-    return "einsum"
+        choice = "fused"
+    elif key_length is None or key_length >= BLOCKWISE_MIN_LENGTH:
+        choice = "blockwise"
+    else:
+        choice = "einsum"
+    if symbolic and backend not in PATHS[choice].exports_on:
+        return "fused" if fused_kernel and not tiled_features else "einsum"
+    return choice
 
 
 def _path_for(implementation, problem):
-    """The name of the path that runs `problem`: `choose_implementation`
-    with what the problem needs, and whether it is traced with a size
+    """The name of the path that runs `problem` (checked where it was
+    made): what the problem needs, and whether it is traced with a size
     (batch, lengths) known only at run time or by torch's compiler."""
     query_shape = static_shape(problem.query)
     key_length = static_shape(problem.key)[1]
-    return choose_implementation(
+    return _resolve(
         implementation,
-        key_length=key_length,
-        needs_probabilities=problem.needs_probabilities,
-        flash_attention=problem.flash_attention,
-        sliding_window=problem.sliding_window,
-        tiled_features=problem.tiled_features,
-        symbolic=None in (*query_shape[:2], key_length) or torch_compiling(),
+        key_length,
+        problem.needs_probabilities,
+        problem.flash_attention,
+        problem.sliding_window,
+        problem.tiled_features,
+        None in (*query_shape[:2], key_length) or torch_compiling(),
     )
 
 
