@@ -1,0 +1,89 @@
+"""The NER recipe's model: token ids and their words' bytes through an
+encoder (pretrained, or trained from scratch) to tag scores for a
+linear-chain CRF or a softmax (see `recipes/ner.py`)."""
+
+import keras
+
+import keras_selfattn as ksa
+from recipes import crf, tagger_inputs, tagging, training
+
+# The character CNN: byte embedding width and filters.
+CHAR_DIM, CHAR_FILTERS = 32, 64
+# Width of the convolution over neighbouring tokens (from scratch).
+LOCAL_CONTEXT = 3
+
+
+def build_model(args, vocab_size, tag_names, encoder=None):
+    """Token ids + their words' bytes -> encoder -> tag scores: a
+    linear-chain CRF's emissions (`args.output == "crf"`, a
+    `crf.CRFTagger`) or a softmax. The encoder is `encoder` (pretrained,
+    `--init`) with the character features beside its output, or else
+    blocks trained from scratch over the embeddings and character
+    features."""
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    word_chars = keras.Input(
+        (None, tagger_inputs.MAX_WORD_BYTES), dtype="int32", name="word_chars"
+    )
+    inputs = {"token_ids": token_ids, "word_chars": word_chars}
+    chars = char_features(word_chars)
+    if encoder is None:
+        x = scratch_encoder(token_ids, chars, vocab_size, args)
+    else:
+        x, _ = training.encode_with(encoder, token_ids)
+        x = keras.layers.Concatenate(name="features")([x, chars])
+        x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)
+    softmax = args.output == "softmax"
+    scores = keras.layers.Dense(
+        len(tag_names),
+        activation="softmax" if softmax else None,
+        dtype="float32",
+        name="tags",
+    )(x)
+    if softmax:
+        return keras.Model(inputs, scores, name="ner_tagger")
+    scores = crf.LinearChainCRF(
+        *tagging.allowed_transitions(tag_names), name="crf"
+    )(scores)
+    return crf.CRFTagger(inputs, scores, name="ner_tagger")
+
+
+def char_features(word_chars):
+    """`(B, L, bytes)` byte ids -> `(B, L, CHAR_FILTERS)`: a width-3 CNN
+    over each token's word, its maximum over the bytes."""
+    chars = keras.layers.Embedding(
+        tagger_inputs.NUM_CHAR_IDS, CHAR_DIM, name="char_embedding"
+    )(word_chars)
+    chars = keras.layers.Conv2D(
+        CHAR_FILTERS,
+        (1, 3),
+        padding="same",
+        activation="relu",
+        name="char_conv",
+    )(chars)
+    # A reduction, not `MaxPooling2D`: jax2onnx writes that as a MaxPool
+    # over 4 axes, which onnxruntime cannot run.
+    return keras.ops.max(chars, axis=2)
+
+
+def scratch_encoder(token_ids, chars, vocab_size, args):
+    """Embeddings + character features, a local convolution and encoder
+    blocks, all trained from scratch."""
+    padding_mask = keras.ops.not_equal(token_ids, 0)
+    x = ksa.TokenAndPositionEmbedding(
+        vocab_size,
+        args.max_length,
+        args.embedding_dim,
+        name="token_embedding",
+    )(token_ids)
+    x = keras.layers.Concatenate(name="features")([x, chars])
+    x = keras.layers.Dense(args.embedding_dim, name="feature_projection")(x)
+    x = keras.layers.Conv1D(
+        args.embedding_dim,
+        LOCAL_CONTEXT,
+        padding="same",
+        activation="gelu",
+        name="local_context",
+    )(x)
+    x = keras.layers.LayerNormalization(name="embedding_norm")(x)
+    x = keras.layers.Dropout(args.dropout, name="embedding_dropout")(x)
+    return training.encoder_blocks(x, args, padding_mask)
