@@ -9,6 +9,7 @@ from keras_selfattn.ops.checks import (
     check_float_input,
     check_mask,
 )
+from keras_selfattn.ops.kv_cache import is_ring_cache
 from keras_selfattn.ops.masks import merge_masks, padding_to_attention_mask
 
 
@@ -87,3 +88,102 @@ def check_width(name, tensor, width):
             f"`{name}` must have shape (batch, length, {width}), as when the "
             f"layer was built. Received: {name}.shape={shape}"
         )
+
+
+def check_cache_call(layer, query, cache, cache_update_index, **unsupported):
+    """Raise unless an attention layer's call with a key/value `cache` fits
+    keras-hub `CachedMultiHeadAttention`'s contract and the layer.
+
+    `cache` must be float `(B, 2, S, kv_heads, key_dim)` (keys and values
+    of one size) for 3-D inputs; `cache_update_index` None, an int in the
+    cache or an integer scalar tensor; `attention_mask` (in
+    `unsupported`, with the other arguments a cached call does not take)
+    `(T, S)` or `(B, T, S)` over the slots of a linear cache.
+    """
+    if cache is None:
+        raise ValueError(
+            "`cache_update_index` should not be set if `cache` is `None`. "
+            f"Received: cache=None, cache_update_index={cache_update_index}"
+        )
+    if len(query.shape) != 3 or layer.attention_axes not in (None, (1,), (-2,)):
+        raise ValueError(
+            "A key/value `cache` needs 3-D inputs (batch, length, width) and "
+            "the default `attention_axes`. Received: "
+            f"query.shape={tuple(query.shape)}, "
+            f"attention_axes={layer.attention_axes}"
+        )
+    check_float_input("cache", cache)
+    expected = (
+        query.shape[0],
+        2,
+        cache.shape[2] if len(cache.shape) == 5 else None,
+        layer.attention_config.kv_heads,
+        layer.key_dim,
+    )
+    if layer.value_dim != layer.key_dim or not _fits(cache.shape, expected):
+        raise ValueError(
+            "`cache` must have shape (batch, 2, length, num_key_value_heads, "
+            f"key_dim) = {expected}, keys and values of one size "
+            f"(value_dim={layer.value_dim}, key_dim={layer.key_dim}). "
+            f"Received: cache.shape={tuple(cache.shape)}"
+        )
+    _check_cache_index(cache_update_index, cache, query, layer.sliding_window)
+    attention_mask = unsupported.pop("attention_mask")
+    for name, value in unsupported.items():
+        if value is not None:
+            raise ValueError(
+                f"`{name}` is not supported with a `cache`: mask keys "
+                "through `attention_mask` (batch, length, cache length). "
+                f"Received: {name} of shape {tuple(value.shape)}"
+            )
+    if attention_mask is None:
+        return
+    if is_ring_cache(cache, layer.sliding_window):
+        raise ValueError(
+            "`attention_mask` is not supported with a ring cache (one of "
+            "`sliding_window` slots), whose slots hold changing positions. "
+            f"Received: attention_mask of shape {tuple(attention_mask.shape)}"
+        )
+    length = query.shape[1]
+    expected = (
+        (length, cache.shape[2])
+        if len(attention_mask.shape) == 2
+        else (query.shape[0], length, cache.shape[2])
+    )
+    check_mask("attention_mask", attention_mask, expected)
+
+
+def _check_cache_index(index, cache, query, sliding_window):
+    """Raise unless `index` is None, a non-negative int that leaves room
+    for the new positions of a linear cache, or an integer scalar
+    tensor."""
+    if index is None:
+        return
+    if isinstance(index, bool) or not isinstance(index, int):
+        if not hasattr(index, "shape") or len(index.shape) != 0:
+            raise ValueError(
+                "`cache_update_index` must be None, an int or an integer "
+                f"scalar tensor. Received: cache_update_index={index!r}"
+            )
+        check_dtype(
+            "cache_update_index",
+            index,
+            keras.backend.is_int_dtype,
+            "an integer scalar",
+        )
+        return
+    length, room = query.shape[1], cache.shape[2]
+    ring = is_ring_cache(cache, sliding_window)
+    if index < 0 or (not ring and length is not None and index + length > room):
+        raise ValueError(
+            "`cache_update_index` must be >= 0 and leave room in the cache "
+            f"for the {length} new positions. Received: "
+            f"cache_update_index={index}, cache of {room} positions"
+        )
+
+
+def _fits(shape, expected):
+    return len(shape) == len(expected) and all(
+        None in (have, want) or have == want
+        for have, want in zip(shape, expected)
+    )

@@ -13,15 +13,33 @@ from keras_selfattn.layers.attention_config import (
     AttentionConfig,
     forward_options,
 )
-from keras_selfattn.layers.call_inputs import check_attention_bias
+from keras_selfattn.layers.call_inputs import (
+    check_attention_bias,
+    check_cache_call,
+)
 from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
 from keras_selfattn.layers.relative_position_bias import (
     RelativePositionBias,
 )
 from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
-from keras_selfattn.ops.attention import AttentionProblem, attention_core
+from keras_selfattn.ops.attention import (
+    AttentionProblem,
+    attention_core,
+    decode_implementation,
+)
 from keras_selfattn.ops.checks import check_float_input, check_mask
-from keras_selfattn.ops.masks import merge_masks, zero_masked_rows
+from keras_selfattn.ops.kv_cache import (
+    cache_mask,
+    is_ring_cache,
+    linear_positions,
+    write_linear,
+    write_ring,
+)
+from keras_selfattn.ops.masks import (
+    index_range,
+    merge_masks,
+    zero_masked_rows,
+)
 from keras_selfattn.ops.positions import alibi_bias
 
 
@@ -306,11 +324,37 @@ class MultiHeadAttention(CompositeLayer):
         use_causal_mask=False,
         attention_bias=None,
         mask=None,
+        cache=None,
+        cache_update_index=None,
     ):
         self_attention = value is None
         value = query if value is None else value
         key = value if key is None else key
         self._check_inputs(query, value, key)
+        self.attention_config.check_call(return_attention_scores)
+        if cache is not None or cache_update_index is not None:
+            check_cache_call(
+                self,
+                query,
+                cache,
+                cache_update_index,
+                value_mask=value_mask,
+                key_mask=key_mask,
+                attention_mask=attention_mask,
+                attention_bias=attention_bias,
+            )
+            return self._attend_cached(
+                query,
+                value,
+                key,
+                query_mask=merge_masks(query_mask, mask),
+                attention_mask=attention_mask,
+                use_causal_mask=use_causal_mask,
+                return_attention_scores=return_attention_scores,
+                training=training,
+                cache=cache,
+                cache_update_index=cache_update_index,
+            )
         self._check_masks(
             query,
             value,
@@ -319,7 +363,6 @@ class MultiHeadAttention(CompositeLayer):
             key_mask=key_mask,
             attention_mask=attention_mask,
         )
-        self.attention_config.check_call(return_attention_scores)
         check_attention_bias(attention_bias, query, value, self.num_heads)
         if self_attention:
             query_mask = merge_masks(query_mask, mask)
@@ -423,11 +466,10 @@ class MultiHeadAttention(CompositeLayer):
             key_mask = ops.expand_dims(ops.expand_dims(key_mask, 1), 1)
         mask = merge_masks(attention_mask, key_mask)
         queries = axes.to_sequences(projected_query)
-        if self.rotary_max_wavelength is not None:
-            queries = self.rotary_embedding(queries)
-            keys = self.rotary_embedding(keys)
+        queries, keys = self._rotate(queries), self._rotate(keys)
         if attention_bias is not None and len(attention_bias.shape) == 3:
             attention_bias = ops.expand_dims(attention_bias, 1)
+        options = self.attention_config.problem_options(training)
         problem = AttentionProblem(
             queries,
             keys,
@@ -439,21 +481,129 @@ class MultiHeadAttention(CompositeLayer):
             return_attention_scores=return_attention_scores,
             attention_bias=attention_bias,
             position_bias=self._position_bias(),
-            **self.attention_config.problem_options(training),
+            **options,
         )
-        result = attention_core(problem, self.implementation)
-        output, scores = result if return_attention_scores else (result, None)
+        output, scores = self._finish(
+            problem, self.implementation, query, projected_query, query_mask
+        )
+        if not return_attention_scores:
+            return output
+        return output, axes.scores_from_sequences(scores, query, key)
+
+    def _rotate(self, tensor, start_index=0):
+        """Queries or keys `(B, L, heads, D)` rotated at positions
+        `start_index...`, where the options ask for rotary embeddings."""
+        if self.rotary_max_wavelength is None:
+            return tensor
+        return self.rotary_embedding(tensor, start_index=start_index)
+
+    def _finish(
+        self, problem, implementation, query, projected_query, query_mask
+    ):
+        """Run `problem`; return the output projected back to the query's
+        shape, and the probabilities (or None), padded query rows zero."""
+        result = attention_core(problem, implementation)
+        if problem.return_attention_scores:
+            output, scores = result
+        else:
+            output, scores = result, None
         # Padded queries attend to nothing: their rows are zeros.
-        query_mask = axes.positions_mask(query_mask)
+        query_mask = self._axes.positions_mask(query_mask)
         output = zero_masked_rows(output, query_mask, query_axis=1)
-        output = axes.from_sequences(output, projected_query)
+        output = self._axes.from_sequences(output, projected_query)
         if self.use_gate:
             output = ops.multiply(output, self.gate_dense(query))
         output = self.output_dense(output)
-        if not return_attention_scores:
-            return output
-        scores = zero_masked_rows(scores, query_mask, query_axis=2)
-        return output, axes.scores_from_sequences(scores, query, key)
+        if scores is not None:
+            scores = zero_masked_rows(scores, query_mask, query_axis=2)
+        return output, scores
+
+    def _attend_cached(
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        attention_mask,
+        use_causal_mask,
+        return_attention_scores,
+        training,
+        cache,
+        cache_update_index,
+    ):
+        """A call with a key/value `cache` (checked by `check_cache_call`):
+        keras-hub `CachedMultiHeadAttention`'s contract, with masks, window
+        and position biases at absolute positions."""
+        projected_query = self.query_dense(query)
+        ring = is_ring_cache(cache, self.sliding_window)
+        if cache_update_index is None:
+            start = 0
+            keys, values = cache[:, 0], cache[:, 1]
+            key_positions = linear_positions(cache.shape[2])
+        else:
+            start = cache_update_index
+            write = write_ring if ring else write_linear
+            cache, keys, values, key_positions = write(
+                cache,
+                self._rotate(self.key_dense(key), start),
+                self.value_dense(value),
+                start,
+            )
+        queries = self._rotate(projected_query, start)
+        query_positions = start + index_range(ops.shape(query)[1])
+        mask = cache_mask(
+            query_positions,
+            key_positions,
+            use_causal_mask,
+            self.sliding_window,
+        )[None, None]
+        if attention_mask is not None:  # (T, S) or (B, T, S)
+            attention_mask = ops.cast(attention_mask, "bool")
+            if len(attention_mask.shape) == 2:
+                attention_mask = attention_mask[None]
+            mask = merge_masks(mask, attention_mask[:, None])
+        options = self.attention_config.problem_options(training)
+        options["sliding_window"] = None  # in `mask`, from positions
+        problem = AttentionProblem(
+            queries,
+            keys,
+            values,
+            mask=mask,
+            scale=1.0 / float(self.key_dim) ** 0.5,
+            seed=self.seed_generator,
+            return_attention_scores=return_attention_scores,
+            attention_bias=self._position_bias_at(
+                query_positions, key_positions
+            ),
+            **options,
+        )
+        output, scores = self._finish(
+            problem,
+            decode_implementation(self.implementation, problem),
+            query,
+            projected_query,
+            query_mask,
+        )
+        if return_attention_scores:
+            return output, scores, cache
+        return output, cache
+
+    def _position_bias_at(self, query_positions, key_positions):
+        """The position bias `(1, heads, T, S)` at these positions, or
+        None."""
+        bias = self._position_bias()
+        if bias is None:
+            return None
+        tile = bias.tile(
+            ops.cast(query_positions, "int32")[:, None],
+            ops.cast(key_positions, "int32")[None, :],
+            ops.shape(key_positions)[0],
+        )
+        return ops.broadcast_to(
+            tile,
+            (self.num_heads,)
+            + (ops.shape(query_positions)[0], ops.shape(key_positions)[0]),
+        )[None]
 
     def _position_bias(self):
         """The `PositionBias` of `position_bias`, or None."""
@@ -478,21 +628,31 @@ class MultiHeadAttention(CompositeLayer):
         value=None,
         key=None,
         return_attention_scores=False,
+        cache=None,
         **kwargs,
     ):
-        output = keras.KerasTensor(
-            self.compute_output_shape(query.shape), dtype=self.compute_dtype
-        )
-        if not return_attention_scores:
-            return output
-        value = query if value is None else value
-        axes = getattr(self, "_axes", None) or AttentionAxes(
-            len(query.shape), self.attention_axes
-        )
-        scores_shape = axes.scores_shape(
-            query.shape, value.shape, self.num_heads
-        )
-        return output, keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+        outputs = [
+            keras.KerasTensor(
+                self.compute_output_shape(query.shape),
+                dtype=self.compute_dtype,
+            )
+        ]
+        if return_attention_scores:
+            value = query if value is None else value
+            if cache is not None:
+                value = keras.KerasTensor(query.shape[:1] + cache.shape[2:3])
+            axes = getattr(self, "_axes", None) or AttentionAxes(
+                len(query.shape), self.attention_axes
+            )
+            scores_shape = axes.scores_shape(
+                query.shape, value.shape, self.num_heads
+            )
+            outputs.append(
+                keras.KerasTensor(scores_shape, dtype=self.compute_dtype)
+            )
+        if cache is not None:
+            outputs.append(keras.KerasTensor(cache.shape, dtype=cache.dtype))
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def get_config(self):
         config = super().get_config()

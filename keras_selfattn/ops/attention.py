@@ -306,6 +306,20 @@ def attention_core(problem, implementation="auto"):
     return output
 
 
+def decode_implementation(implementation, problem):
+    """The path for a cached call (a few queries over a key/value cache,
+    its mask and biases explicit): `implementation` unless "auto", which
+    picks `"einsum"` (one pass over the keys) or, on torch, its fused
+    kernel, where the problem allows it."""
+    if implementation != "auto":
+        return implementation
+    if problem.flash_attention:
+        return "fused"
+    if problem.needs_probabilities or problem.logit_soft_cap is not None:
+        return "einsum"
+    return "fused" if keras.backend.backend() == "torch" else "einsum"
+
+
 def check_implementation(
     implementation,
     needs_probabilities=False,
