@@ -35,6 +35,7 @@ _EXPORTS = {
     "SelfAttention": _LAYERS,
     "SinusoidalPositionEncoding": _LAYERS,
     "TokenAndPositionEmbedding": _LAYERS,
+    "TransformerDecoder": _LAYERS,
     "TransformerEncoder": _LAYERS,
     "scaled_dot_product_attention": "keras_selfattn.ops",
 }

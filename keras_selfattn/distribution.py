@@ -55,12 +55,20 @@ LAYOUTS = (
     (r"(.*/)?attention_output/bias", (None,)),
     # A T5 relative position bias (buckets, heads) is small: replicated.
     (r"(.*/)?relative_position_bias/embeddings", (None, None)),
-    # Feed-forward: first layer split by columns, second by rows.
-    (r"(.*/)?feedforward_intermediate_dense/kernel", (None, MODEL_AXIS)),
-    (r"(.*/)?feedforward_intermediate_dense/bias", (MODEL_AXIS,)),
+    # Feed-forward: first layer (and its gate) split by columns, second
+    # by rows.
+    (
+        r"(.*/)?feedforward_(intermediate|gate)_dense/kernel",
+        (None, MODEL_AXIS),
+    ),
+    (r"(.*/)?feedforward_(intermediate|gate)_dense/bias", (MODEL_AXIS,)),
     (r"(.*/)?feedforward_output_dense/kernel", (MODEL_AXIS, None)),
     (r"(.*/)?feedforward_output_dense/bias", (None,)),
-    (r"(.*/)?(self_attention|feedforward)_layer_norm/(gamma|beta)", (None,)),
+    (
+        r"(.*/)?(self_attention|cross_attention|feedforward)_layer_norm/"
+        r"(gamma|beta|scale)",
+        (None,),
+    ),
     # Embedding tables (vocabulary or positions, width) split along the
     # width, which a model chooses divisible; vocabulary sizes rarely are.
     (r"(.*/)?token_embedding/embeddings", (None, MODEL_AXIS)),

@@ -83,6 +83,26 @@ def encoder_layouts(prefix):
     }
 
 
+def decoder_layouts(prefix, cross=False, llama=False):
+    """A TransformerDecoder's weights: the encoder's, with cross-attention
+    or (LLaMA) a gated feed-forward, RMS norms and no biases."""
+    layouts = encoder_layouts(prefix)
+    if cross:
+        layouts.update(attention_layouts(f"{prefix}/cross_attention"))
+        for weight in ("gamma", "beta"):
+            layouts[f"{prefix}/cross_attention_layer_norm/{weight}"] = WHOLE
+    if not llama:
+        return layouts
+    layouts[f"{prefix}/feedforward_gate_dense/kernel"] = (None, "model")
+    for norm in ("self_attention", "feedforward"):
+        layouts[f"{prefix}/{norm}_layer_norm/scale"] = WHOLE
+    return {
+        path: axes
+        for path, axes in layouts.items()
+        if not path.endswith(("bias", "gamma", "beta"))
+    }
+
+
 def embedding_layouts(prefix, learned=True):
     """A TokenAndPositionEmbedding's tables, split along the width."""
     tables = ["token_embedding/embeddings"]
@@ -138,6 +158,23 @@ def our_layers():
             encoder_layouts("encoder"),
         ),
         (
+            ksa.TransformerDecoder(11, 3, name="decoder"),
+            [x, x],
+            decoder_layouts("decoder", cross=True),
+        ),
+        (
+            ksa.TransformerDecoder(
+                11,
+                3,
+                normalization="rms_norm",
+                gated_feedforward=True,
+                use_bias=False,
+                name="llama",
+            ),
+            x,
+            decoder_layouts("llama", llama=True),
+        ),
+        (
             ksa.TokenAndPositionEmbedding(13, 7, 12, name="embedding"),
             ids,
             embedding_layouts("embedding"),
@@ -163,7 +200,8 @@ def our_layers():
 
 
 def built(layer, shape):
-    layer.build(shape)
+    """`layer` built for `shape`, or for the shapes of a list."""
+    layer.build(*shape) if isinstance(shape, list) else layer.build(shape)
     return layer
 
 

@@ -1,4 +1,4 @@
-"""Keras layers: attention, Transformer encoder, embeddings."""
+"""Keras layers: attention, Transformer encoder and decoder, embeddings."""
 
 from keras_selfattn.layers.alibi_bias import AlibiBias
 from keras_selfattn.layers.grouped_query_attention import (
@@ -16,6 +16,7 @@ from keras_selfattn.layers.sinusoidal_position_encoding import (
 from keras_selfattn.layers.token_and_position_embedding import (
     TokenAndPositionEmbedding,
 )
+from keras_selfattn.layers.transformer_decoder import TransformerDecoder
 from keras_selfattn.layers.transformer_encoder import TransformerEncoder
 
 __all__ = [
@@ -27,5 +28,6 @@ __all__ = [
     "SelfAttention",
     "SinusoidalPositionEncoding",
     "TokenAndPositionEmbedding",
+    "TransformerDecoder",
     "TransformerEncoder",
 ]

@@ -2,31 +2,19 @@
 
 import keras
 
-from keras_selfattn._validation import (
-    check_positive_float,
-    check_positive_int,
-    check_rate,
+from keras_selfattn.layers._transformer_block import (
+    ATTENTION_OPTIONS,
+    TransformerBlock,
 )
-from keras_selfattn.layers.attention_config import (
-    OPTION_NAMES,
-    AttentionConfig,
-    forward_options,
-)
+from keras_selfattn.layers.attention_config import forward_options
 from keras_selfattn.layers.call_inputs import check_self_attention_call
-from keras_selfattn.layers.composite import CompositeLayer, clone_initializer
+from keras_selfattn.layers.composite import clone_initializer
 from keras_selfattn.layers.multi_head_attention import MultiHeadAttention
-
-# The attention arguments this layer takes, as `MultiHeadAttention` does
-# (its own `dropout` is the residual branches' rate; `attention_dropout`
-# the attention's).
-ATTENTION_OPTIONS = tuple(
-    name for name in OPTION_NAMES if name not in ("dropout", "flash_attention")
-)
 
 
 @keras.saving.register_keras_serializable(package="keras_selfattn")
 @forward_options(*ATTENTION_OPTIONS)
-class TransformerEncoder(CompositeLayer):
+class TransformerEncoder(TransformerBlock):
     """One Transformer encoder block (Vaswani et al. 2017).
 
     `x + Dropout(MHA(x))` then `x + Dropout(FFN(x))`, each followed by
@@ -105,57 +93,27 @@ class TransformerEncoder(CompositeLayer):
         alibi_bias_max=8,
         relative_num_buckets=32,
         relative_max_distance=128,
+        normalization="layer_norm",
+        gated_feedforward=False,
+        use_bias=True,
         **kwargs,
     ):
         options = {k: v for k, v in locals().items() if k in ATTENTION_OPTIONS}
-        super().__init__(**kwargs)
-        self.intermediate_dim = check_positive_int(
-            "intermediate_dim", intermediate_dim
+        super().__init__(
+            intermediate_dim,
+            dropout,
+            attention_dropout,
+            activation,
+            layer_norm_epsilon,
+            kernel_initializer,
+            bias_initializer,
+            options,
+            normalization=normalization,
+            gated_feedforward=gated_feedforward,
+            use_bias=use_bias,
+            **kwargs,
         )
-        self.dropout = check_rate("dropout", dropout)
-        # keras-hub's `attention_dropout` defaults to `dropout`; kept as
-        # given for the config.
-        self.attention_dropout = (
-            None
-            if attention_dropout is None
-            else check_rate("attention_dropout", attention_dropout)
-        )
-        self.attention_config = AttentionConfig(
-            dropout=(
-                self.dropout
-                if attention_dropout is None
-                else self.attention_dropout
-            ),
-            **options,
-        )
-        self.activation = keras.activations.get(activation)
         self.norm_first = bool(norm_first)
-        self.layer_norm_epsilon = check_positive_float(
-            "layer_norm_epsilon", layer_norm_epsilon
-        )
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.supports_masking = True
-
-    def _dense(self, units, name, activation=None):
-        return keras.layers.Dense(
-            units,
-            activation=activation,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-            bias_initializer=clone_initializer(self.bias_initializer),
-            dtype=self.sublayer_dtype(name),
-            name=name,
-        )
-
-    def _layer_norm(self, name):
-        return keras.layers.LayerNormalization(
-            epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy, name=name
-        )
-
-    def _dropout(self, name):
-        return keras.layers.Dropout(
-            self.dropout, seed=self.seed, dtype=self.dtype_policy, name=name
-        )
 
     def build(self, inputs_shape):
         width = inputs_shape[-1]
@@ -173,6 +131,7 @@ class TransformerEncoder(CompositeLayer):
         self.self_attention = MultiHeadAttention(
             num_heads=self.num_heads,
             key_dim=width // self.num_heads,
+            use_bias=self.use_bias,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             bias_initializer=clone_initializer(self.bias_initializer),
             attention_config=self.attention_config,
@@ -180,25 +139,14 @@ class TransformerEncoder(CompositeLayer):
             name="self_attention",
         )
         self.self_attention.build(inputs_shape)
-        self.self_attention_layer_norm = self._layer_norm(
-            "self_attention_layer_norm"
+        self.self_attention_layer_norm = self._norm(
+            "self_attention_layer_norm", inputs_shape
         )
-        self.self_attention_layer_norm.build(inputs_shape)
         self.self_attention_dropout = self._dropout("self_attention_dropout")
-        self.feedforward_intermediate_dense = self._dense(
-            self.intermediate_dim,
-            "feedforward_intermediate_dense",
-            activation=self.activation,
+        self._build_feedforward(inputs_shape)
+        self.feedforward_layer_norm = self._norm(
+            "feedforward_layer_norm", inputs_shape
         )
-        self.feedforward_intermediate_dense.build(inputs_shape)
-        self.feedforward_output_dense = self._dense(
-            width, "feedforward_output_dense"
-        )
-        self.feedforward_output_dense.build(
-            tuple(inputs_shape[:-1]) + (self.intermediate_dim,)
-        )
-        self.feedforward_layer_norm = self._layer_norm("feedforward_layer_norm")
-        self.feedforward_layer_norm.build(inputs_shape)
         self.feedforward_dropout = self._dropout("feedforward_dropout")
         self.restore_sublayers()
 
@@ -241,8 +189,7 @@ class TransformerEncoder(CompositeLayer):
         residual = x
         if self.norm_first:
             x = self.feedforward_layer_norm(x)
-        x = self.feedforward_intermediate_dense(x)
-        x = self.feedforward_output_dense(x)
+        x = self._feedforward(x)
         x = residual + self.feedforward_dropout(x, training=training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
@@ -268,16 +215,5 @@ class TransformerEncoder(CompositeLayer):
 
     def get_config(self):
         config = super().get_config()
-        config.update(
-            {
-                "intermediate_dim": self.intermediate_dim,
-                "dropout": self.dropout,
-                "activation": keras.activations.serialize(self.activation),
-                "norm_first": self.norm_first,
-                "layer_norm_epsilon": self.layer_norm_epsilon,
-                **self.initializers_config(),
-                "attention_dropout": self.attention_dropout,
-                **self.attention_config.options(*ATTENTION_OPTIONS),
-            }
-        )
+        config.update({"norm_first": self.norm_first, **self._block_config()})
         return config

@@ -42,7 +42,7 @@ def ring_positions(length, next_position):
     >>> ops.convert_to_numpy(ring_positions(4, 6)).tolist()
     [4, 5, 2, 3]
     >>> ops.convert_to_numpy(ring_positions(4, 1)).tolist()
-    [0, -4, -3, -2]
+    [0, -3, -2, -1]
     """
     last = ops.cast(next_position, "int32") - 1
     return last - ops.mod(last - index_range(length), length)
