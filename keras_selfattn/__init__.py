@@ -28,6 +28,7 @@ __version__ = "0.1.0"
 _LAYERS = "keras_selfattn.layers"
 _EXPORTS = {
     "AlibiBias": _LAYERS,
+    "CausalLM": "keras_selfattn.causal_lm",
     "GroupedQueryAttention": _LAYERS,
     "MultiHeadAttention": _LAYERS,
     "RelativePositionBias": _LAYERS,
@@ -41,9 +42,21 @@ _EXPORTS = {
 }
 # keras exports its layer as `keras.layers.GroupQueryAttention`.
 _ALIASES = {"GroupQueryAttention": "GroupedQueryAttention"}
-_SUBMODULES = ("distribution", "layers", "lora", "ops", "pretrained", "text")
+_SUBMODULES = (
+    "distribution",
+    "generation",
+    "layers",
+    "lora",
+    "ops",
+    "pretrained",
+    "text",
+)
+# The modules whose import registers our classes with Keras' serialization.
+_REGISTERING = (_LAYERS, "keras_selfattn.causal_lm")
 
-__all__ = sorted([*_EXPORTS, *_ALIASES, "distribution", "ops", "__version__"])
+__all__ = sorted(
+    [*_EXPORTS, *_ALIASES, "distribution", "generation", "ops", "__version__"]
+)
 
 
 def __getattr__(name):
@@ -60,9 +73,9 @@ def __dir__():
 
 
 class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
-    """Imports our layers (which registers them with Keras) right after
-    the first `import keras`, unless one of our own modules is importing
-    Keras (the layers would import it half-initialized); the layers then
+    """Imports our layers and models (which registers them with Keras)
+    right after the first `import keras`, unless one of our own modules is
+    importing Keras (they would import it half-initialized); they then
     register when they are first imported."""
 
     def find_spec(self, name, path=None, target=None):
@@ -77,7 +90,7 @@ class _RegisterLayersAfterKeras(importlib.abc.MetaPathFinder):
         def exec_module(module):
             load(module)
             if not _initializing_submodules():
-                importlib.import_module(_LAYERS)
+                _import_registering()
 
         spec.loader.exec_module = exec_module
         return spec
@@ -92,7 +105,12 @@ def _initializing_submodules():
     ]
 
 
+def _import_registering():
+    for module in _REGISTERING:
+        importlib.import_module(module)
+
+
 if "keras" in sys.modules:
-    importlib.import_module(_LAYERS)
+    _import_registering()
 else:
     sys.meta_path.insert(0, _RegisterLayersAfterKeras())

@@ -16,8 +16,8 @@ assert "keras" not in sys.modules, "keras_selfattn.text imported Keras"
 import keras_selfattn
 assert "keras" not in sys.modules, "keras_selfattn imported Keras"
 import keras
-name = "keras_selfattn>TransformerEncoder"
-assert keras.saving.get_registered_object(name) is not None
+for name in ("keras_selfattn>TransformerEncoder", "keras_selfattn>CausalLM"):
+    assert keras.saving.get_registered_object(name) is not None, name
 ksa = keras_selfattn
 assert ksa.GroupQueryAttention is ksa.GroupedQueryAttention
 """

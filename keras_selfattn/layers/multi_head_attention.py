@@ -30,10 +30,9 @@ from keras_selfattn.ops.attention import (
 from keras_selfattn.ops.checks import check_float_input, check_mask
 from keras_selfattn.ops.kv_cache import (
     cache_mask,
+    cached_attention,
     is_ring_cache,
-    linear_positions,
-    write_linear,
-    write_ring,
+    key_positions,
 )
 from keras_selfattn.ops.masks import (
     index_range,
@@ -469,7 +468,6 @@ class MultiHeadAttention(CompositeLayer):
         queries, keys = self._rotate(queries), self._rotate(keys)
         if attention_bias is not None and len(attention_bias.shape) == 3:
             attention_bias = ops.expand_dims(attention_bias, 1)
-        options = self.attention_config.problem_options(training)
         problem = AttentionProblem(
             queries,
             keys,
@@ -481,10 +479,13 @@ class MultiHeadAttention(CompositeLayer):
             return_attention_scores=return_attention_scores,
             attention_bias=attention_bias,
             position_bias=self._position_bias(),
-            **options,
+            **self.attention_config.problem_options(training),
         )
         output, scores = self._finish(
-            problem, self.implementation, query, projected_query, query_mask
+            _output_and_scores(attention_core(problem, self.implementation)),
+            query,
+            projected_query,
+            query_mask,
         )
         if not return_attention_scores:
             return output
@@ -497,16 +498,10 @@ class MultiHeadAttention(CompositeLayer):
             return tensor
         return self.rotary_embedding(tensor, start_index=start_index)
 
-    def _finish(
-        self, problem, implementation, query, projected_query, query_mask
-    ):
-        """Run `problem`; return the output projected back to the query's
-        shape, and the probabilities (or None), padded query rows zero."""
-        result = attention_core(problem, implementation)
-        if problem.return_attention_scores:
-            output, scores = result
-        else:
-            output, scores = result, None
+    def _finish(self, result, query, projected_query, query_mask):
+        """The attention's `(output, probabilities or None)` projected
+        back to the query's shape, padded query rows zero."""
+        output, scores = result
         # Padded queries attend to nothing: their rows are zeros.
         query_mask = self._axes.positions_mask(query_mask)
         output = zero_masked_rows(output, query_mask, query_axis=1)
@@ -535,27 +530,20 @@ class MultiHeadAttention(CompositeLayer):
         keras-hub `CachedMultiHeadAttention`'s contract, with masks, window
         and position biases at absolute positions."""
         projected_query = self.query_dense(query)
+        length = ops.shape(query)[1]
         ring = is_ring_cache(cache, self.sliding_window)
-        if cache_update_index is None:
-            start = 0
-            keys, values = cache[:, 0], cache[:, 1]
-            key_positions = linear_positions(cache.shape[2])
+        start = cache_update_index
+        if start is None:  # read only: the cache as it is
+            start = new_keys = new_values = 0
         else:
-            start = cache_update_index
-            write = write_ring if ring else write_linear
-            cache, keys, values, key_positions = write(
-                cache,
-                self._rotate(self.key_dense(key), start),
-                self.value_dense(value),
-                start,
-            )
-        queries = self._rotate(projected_query, start)
-        query_positions = start + index_range(ops.shape(query)[1])
+            new_keys = self._rotate(self.key_dense(key), start)
+            new_values = self.value_dense(value)
+        query_positions = start + index_range(length)
+        positions = key_positions(
+            cache.shape[2], cache_update_index, length, ring
+        )
         mask = cache_mask(
-            query_positions,
-            key_positions,
-            use_causal_mask,
-            self.sliding_window,
+            query_positions, positions, use_causal_mask, self.sliding_window
         )[None, None]
         if attention_mask is not None:  # (T, S) or (B, T, S)
             attention_mask = ops.cast(attention_mask, "bool")
@@ -564,25 +552,26 @@ class MultiHeadAttention(CompositeLayer):
             mask = merge_masks(mask, attention_mask[:, None])
         options = self.attention_config.problem_options(training)
         options["sliding_window"] = None  # in `mask`, from positions
-        problem = AttentionProblem(
-            queries,
-            keys,
-            values,
+        implementation = decode_implementation(
+            self.implementation, self.flash_attention
+        )
+        result, cache = cached_attention(
+            self._rotate(projected_query, start),
+            new_keys,
+            new_values,
+            cache,
+            cache_update_index,
+            ring,
+            implementation,
             mask=mask,
             scale=1.0 / float(self.key_dim) ** 0.5,
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,
-            attention_bias=self._position_bias_at(
-                query_positions, key_positions
-            ),
+            attention_bias=self._position_bias_at(query_positions, positions),
             **options,
         )
         output, scores = self._finish(
-            problem,
-            decode_implementation(self.implementation, problem),
-            query,
-            projected_query,
-            query_mask,
+            result, query, projected_query, query_mask
         )
         if return_attention_scores:
             return output, scores, cache
@@ -757,3 +746,8 @@ def _check_attention_axes(attention_axes):
 
 def _known(dims):
     return all(d is not None for d in dims)
+
+
+def _output_and_scores(result):
+    """`attention_core`'s result as `(output, probabilities or None)`."""
+    return result if isinstance(result, tuple) else (result, None)

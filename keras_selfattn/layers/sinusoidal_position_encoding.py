@@ -8,9 +8,10 @@ from keras_selfattn.ops.masks import index_range
 
 
 def sinusoidal_positions(
-    length, width, max_wavelength=10000.0, dtype="float32"
+    length, width, max_wavelength=10000.0, dtype="float32", start_index=0
 ):
-    """`(length, width)` encodings of Vaswani et al. (2017), interleaved:
+    """`(length, width)` encodings of Vaswani et al. (2017) of positions
+    `start_index...`, interleaved:
 
     `P[p, 2i] = sin(p / max_wavelength^(2i / width))`,
     `P[p, 2i + 1] = cos(p / max_wavelength^(2i / width))`.
@@ -23,6 +24,7 @@ def sinusoidal_positions(
     ((3, 4), 0.8415, 1.0)
     """
     positions = index_range(length, "float32")
+    positions = positions + ops.cast(start_index, "float32")
     dims = ops.arange(0, width, dtype="float32")
     even_dims = dims - ops.mod(dims, 2.0)
     inverse_wavelengths = ops.power(

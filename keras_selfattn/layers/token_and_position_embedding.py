@@ -40,6 +40,8 @@ class TokenAndPositionEmbedding(CompositeLayer):
 
     Call arguments:
         inputs: `(B, L)` integer token ids, `L <= sequence_length`.
+        start_index: the position of the first token (int or int
+            tensor), as keras-hub's layer: a cached decoding step's.
 
     Returns:
         `(B, L, embedding_dim)` in the compute dtype.
@@ -109,24 +111,26 @@ class TokenAndPositionEmbedding(CompositeLayer):
             )
         self.restore_sublayers()
 
-    def call(self, inputs):
+    def call(self, inputs, start_index=0):
         check_int_input("inputs", inputs)
         length = static_shape(inputs)[1]
-        if length is not None and length > self.sequence_length:
+        first = start_index if isinstance(start_index, int) else 0
+        if length is not None and first + length > self.sequence_length:
             raise ValueError(
-                f"`inputs` has length {length}, longer than `sequence_length`"
-                f"={self.sequence_length}. Received: "
-                f"inputs.shape={tuple(inputs.shape)}"
+                f"`inputs` of length {length} from position {first} ends "
+                f"past `sequence_length`={self.sequence_length}. Received: "
+                f"inputs.shape={tuple(inputs.shape)}, start_index={first}"
             )
         tokens = self.token_embedding(inputs)
         length = ops.shape(inputs)[1]
         if self.position_encoding == "learned":
             # A gather, not a slice: a slice of a size known only at run
             # time fails shape-polymorphic export (JAX cannot prove it
-            # fits the table).
+            # fits the table), and XLA compiles a slice again for every
+            # new start.
             positions = ops.take(
                 self.position_embeddings,
-                index_range(length),
+                index_range(length) + ops.cast(start_index, "int32"),
                 axis=0,
             )
             positions = ops.cast(positions, self.compute_dtype)
@@ -136,6 +140,7 @@ class TokenAndPositionEmbedding(CompositeLayer):
                 self.embedding_dim,
                 self.max_wavelength,
                 self.compute_dtype,
+                start_index=start_index,
             )
         return tokens + ops.expand_dims(positions, 0)
 

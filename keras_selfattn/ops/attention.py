@@ -306,18 +306,14 @@ def attention_core(problem, implementation="auto"):
     return output
 
 
-def decode_implementation(implementation, problem):
-    """The path for a cached call (a few queries over a key/value cache,
-    its mask and biases explicit): `implementation` unless "auto", which
-    picks `"einsum"` (one pass over the keys) or, on torch, its fused
-    kernel, where the problem allows it."""
+def decode_implementation(implementation, flash_attention):
+    """The path for a cached call (queries over a key/value cache, its
+    mask and biases explicit): `implementation` unless "auto", which picks
+    `"fused"` for `flash_attention=True`, else `"einsum"` (one pass over
+    the keys; the fused kernels copy them into their own layout)."""
     if implementation != "auto":
         return implementation
-    if problem.flash_attention:
-        return "fused"
-    if problem.needs_probabilities or problem.logit_soft_cap is not None:
-        return "einsum"
-    return "fused" if keras.backend.backend() == "torch" else "einsum"
+    return "fused" if flash_attention else "einsum"
 
 
 def check_implementation(
