@@ -29,7 +29,6 @@ from keras_selfattn.ops.attention import (
 )
 from keras_selfattn.ops.checks import check_float_input, check_mask
 from keras_selfattn.ops.kv_cache import (
-    cache_mask,
     cached_attention,
     is_ring_cache,
     key_positions,
@@ -534,27 +533,26 @@ class MultiHeadAttention(CompositeLayer):
         ring = is_ring_cache(cache, self.sliding_window)
         start = cache_update_index
         if start is None:  # read only: the cache as it is
-            start = new_keys = new_values = 0
+            start, new_keys, new_values = 0, None, None
         else:
             new_keys = self._rotate(self.key_dense(key), start)
             new_values = self.value_dense(value)
-        query_positions = start + index_range(length)
-        positions = key_positions(
-            cache.shape[2], cache_update_index, length, ring
-        )
-        mask = cache_mask(
-            query_positions, positions, use_causal_mask, self.sliding_window
-        )[None, None]
+        attention_bias = None
+        if self.position_bias is not None:  # from the absolute positions
+            attention_bias = self._position_bias_at(
+                start + index_range(length),
+                key_positions(
+                    cache.shape[2],
+                    cache_update_index,
+                    ops.shape(value)[1],
+                    ring,
+                ),
+            )
         if attention_mask is not None:  # (T, S) or (B, T, S)
             attention_mask = ops.cast(attention_mask, "bool")
             if len(attention_mask.shape) == 2:
                 attention_mask = attention_mask[None]
-            mask = merge_masks(mask, attention_mask[:, None])
         options = self.attention_config.problem_options(training)
-        options["sliding_window"] = None  # in `mask`, from positions
-        implementation = decode_implementation(
-            self.implementation, self.flash_attention
-        )
         result, cache = cached_attention(
             self._rotate(projected_query, start),
             new_keys,
@@ -562,12 +560,13 @@ class MultiHeadAttention(CompositeLayer):
             cache,
             cache_update_index,
             ring,
-            implementation,
-            mask=mask,
+            decode_implementation(self.implementation, self.flash_attention),
+            use_causal_mask=use_causal_mask,
+            attention_mask=attention_mask,
             scale=1.0 / float(self.key_dim) ** 0.5,
             seed=self.seed_generator,
             return_attention_scores=return_attention_scores,
-            attention_bias=self._position_bias_at(query_positions, positions),
+            attention_bias=attention_bias,
             **options,
         )
         output, scores = self._finish(

@@ -114,15 +114,16 @@ class AttentionProblem:
         tile by tile and the fused kernels cannot (or only whole)."""
         return self.position_bias is not None or self.logit_soft_cap is not None
 
-    def banded_mask(self):
+    def banded_mask(self, key_length=None):
         """The mask with the sliding window folded in, for the paths that
-        take the window as a dense `(T, S)` band."""
+        take the window as a dense `(T, S)` band (`key_length` keys;
+        default: the key's)."""
         if self.sliding_window is None:
             return self.mask
+        if key_length is None:
+            key_length = ops.shape(self.key)[1]
         window = sliding_window_mask(
-            ops.shape(self.query)[1],
-            ops.shape(self.key)[1],
-            self.sliding_window,
+            ops.shape(self.query)[1], key_length, self.sliding_window
         )
         return merge_masks(self.mask, window[None, None])
 

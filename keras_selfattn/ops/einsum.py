@@ -18,19 +18,28 @@ def einsum_path(problem):
     to the logits before the soft cap, the window and causal masks merged
     into the mask, and dropout applied to the probabilities used (not to
     the ones returned)."""
-    query, key, value = problem.query, problem.key, problem.value
-    mask = problem.banded_mask()
+    return einsum_in_parts(problem, (problem.key,), (problem.value,))
+
+
+def einsum_in_parts(problem, keys, values):
+    """`einsum_path` over keys and values given in parts along the key
+    axis (a cache and the positions a call adds to it), never
+    concatenated: the parts' logits side by side, the output the sum of
+    each part's. `problem`'s masks and biases span all the keys."""
+    query = problem.query
+    lengths = [ops.shape(key)[1] for key in keys]
+    key_length = sum(lengths[1:], lengths[0])
+    mask = problem.banded_mask(key_length)
     if problem.is_causal:
-        mask = merge_masks(
-            mask, causal_mask(ops.shape(query)[1], ops.shape(key)[1])
-        )
+        mask = merge_masks(mask, causal_mask(ops.shape(query)[1], key_length))
     query = ops.multiply(query, ops.cast(problem.scale, query.dtype))
-    logits = _attention_logits(query, key)
+    logits = [_attention_logits(query, key) for key in keys]
+    logits = logits[0] if len(keys) == 1 else ops.concatenate(logits, -1)
     if problem.attention_bias is not None:
         logits = logits + ops.cast(problem.attention_bias, SOFTMAX_DTYPE)
     if problem.position_bias is not None:
         logits = logits + problem.position_bias.full(
-            ops.shape(query)[1], ops.shape(key)[1]
+            ops.shape(query)[1], key_length
         )
     logits = cap_logits(logits, problem.logit_soft_cap)
     probs = _masked_softmax(logits, mask)
@@ -39,8 +48,16 @@ def einsum_path(problem):
         weights = keras.random.dropout(
             weights, problem.dropout_rate, seed=problem.seed
         )
-    output = _attend(ops.cast(weights, value.dtype), value)
-    return output, ops.cast(probs, value.dtype)
+    weights = ops.cast(weights, values[0].dtype)
+    output, start = None, 0
+    for length, value in zip(lengths, values):
+        part = (
+            weights if len(keys) == 1 else weights[..., start : start + length]
+        )
+        start = start + length
+        attended = _attend(part, value)
+        output = attended if output is None else output + attended
+    return output, ops.cast(probs, values[0].dtype)
 
 
 def cap_logits(logits, logit_soft_cap):

@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from keras_selfattn.ops.attention import PATHS, AttentionProblem
+from keras_selfattn.ops.einsum import einsum_in_parts
 from keras_selfattn.ops.fused import torch_compiling
 from keras_selfattn.ops.masks import index_range
 
@@ -49,49 +50,63 @@ def ring_positions(length, next_position):
 
 
 def key_positions(length, index, count, ring):
-    """The positions of the keys a call attends over when it writes
-    `count` positions from `index` into a cache of `length` slots (see
-    `write_cache`); `index` None: a read-only call (slot = position)."""
-    if index is None or not ring:
-        return index_range(length)
+    """The positions of the keys a call attends over (see
+    `cached_attention`): a read-only call (`index` None) the `length`
+    slots (slot = position); a call writing `count` positions from
+    `index`, the slots as they were, then the new positions. A slot
+    about to be overwritten shows position -1 (hidden).
+
+    Example:
+
+    >>> from keras import ops
+    >>> ops.convert_to_numpy(key_positions(4, 1, 2, ring=False)).tolist()
+    [0, -1, -1, 3, 1, 2]
+    >>> ops.convert_to_numpy(key_positions(3, 4, 1, ring=True)).tolist()
+    [3, 1, 2, 4]
+    """
+    slots = index_range(length)
+    if index is None:
+        return slots
     index = ops.cast(index, "int32")
-    if count == 1:
-        return ring_positions(length, index + 1)
-    return ops.concatenate(
-        [ring_positions(length, index), index + index_range(count)], axis=0
-    )
+    if ring:
+        old = ring_positions(length, index)
+    else:
+        rewritten = ops.logical_and(slots >= index, slots < index + count)
+        old = ops.where(rewritten, -1, slots)
+    return ops.concatenate([old, index + index_range(count)], axis=0)
+
+
+def slot_mask_to_keys(mask, index, count):
+    """A boolean mask `(..., T, S)` over a linear cache's slots as over
+    the keys of `key_positions`: the slots, then the new positions'
+    columns (slots `index .. index + count - 1`) again."""
+    if index is None:
+        return mask
+    shape = ops.shape(mask)
+    start = [0] * (len(mask.shape) - 1) + [index]
+    new = ops.slice(mask, start, tuple(shape[:-1]) + (count,))
+    return ops.concatenate([mask, new], axis=-1)
 
 
 def write_cache(cache, keys, values, index, ring):
-    """Write `keys`, `values` `(B, T, kv_heads, D)` at positions `index ..
-    index + T - 1`; return the new cache and the keys and values the call
-    attends over, whose positions `key_positions` gives.
-
-    A linear cache writes slots `index...` and the call attends over all
-    its slots. A ring writes position `p` in slot `p % S`: one new
-    position (decoding) replaces the one a window back, which no query of
-    the call still sees, and the call attends over the `S` slots; several
-    (a prompt) are attended together with the slots written before, and
-    the ring then keeps the latest `S` positions, so that the first new
-    queries still see the keys in their own window.
-    """
+    """The cache with `keys`, `values` `(B, T, kv_heads, D)` written at
+    positions `index .. index + T - 1`: a linear cache in slots
+    `index...`; a ring position `p` in slot `p % S`, keeping the latest
+    `S` positions when `T > S`."""
     update = ops.stack([keys, values], axis=1)
-    count = update.shape[2]
     if not ring:
-        cache = _write_slots(cache, update, index)
-        return cache, cache[:, 0], cache[:, 1]
+        return _write_slots(cache, update, index)
     length = cache.shape[2]
     index = ops.cast(index, "int32")
-    if count == 1:
-        cache = _write_slots(cache, update, ops.mod(index, length))
-        return cache, cache[:, 0], cache[:, 1]
+    if update.shape[2] == 1:
+        return _write_slots(cache, update, ops.mod(index, length))
     combined = ops.concatenate([cache, update], axis=2)
     kept = ring_positions(length, index + ops.shape(update)[2])
     # Slot s keeps its old entry, or takes the new position it now holds.
     source = ops.where(
         kept >= index, length + kept - index, index_range(length)
     )
-    return ops.take(combined, source, axis=2), combined[:, 0], combined[:, 1]
+    return ops.take(combined, source, axis=2)
 
 
 def _write_slots(cache, update, index):
@@ -139,45 +154,133 @@ def cache_mask(query_positions, key_positions, causal, window=None):
 
 
 def cached_attention(
-    queries, keys, values, cache, index, ring, implementation, **problem
+    queries,
+    keys,
+    values,
+    cache,
+    index,
+    ring,
+    implementation,
+    use_causal_mask=False,
+    sliding_window=None,
+    attention_mask=None,
+    **problem,
 ):
-    """Write `keys`, `values` into `cache` (`write_cache`), then attend
-    `queries` over what the call sees: `((output, probabilities or None),
-    cache)`. `problem` holds the other `AttentionProblem` fields (`mask`
-    and `attention_bias` from absolute positions).
+    """Attend `queries` `(B, T, H, D)` over a cache and the positions the
+    call adds; return `((output, probabilities or None), new cache)`.
+
+    `keys`, `values` `(B, T', kv_heads, D)` are written at `index`
+    (`write_cache`; `index` None: a read-only call, which attends over
+    the cache alone and ignores them). The call attends over the cache's
+    slots as they were and the new keys (positions: `key_positions`), in
+    two parts (`einsum_in_parts`) or, on the other paths, concatenated:
+    never over the cache just written, which would cost one more copy of
+    it. The queries sit at positions `index...`; the mask comes from the
+    positions (`cache_mask`) and `attention_mask` (`(B, T, S)` over a
+    linear cache's slots). `problem` holds the other `AttentionProblem`
+    fields (`attention_bias` over the keys of `key_positions`). The
+    probabilities are over the cache's slots after the write (a ring
+    taking several positions: its slots, then the new positions).
 
     Backend fast path: called eagerly on JAX or TensorFlow (and without
-    attention dropout), it runs as one compiled function (`jax.jit`,
-    `tf.function(jit_compile=True)`), not as a few dozen eager ops each
-    copying the cache; its portable twin is the same function called
-    as it is, as every other case (torch, traced, dropout) does.
+    attention dropout), the write and the attention run as two compiled
+    functions (`jax.jit`, `tf.function(jit_compile=True)`), not as a few
+    dozen eager ops each copying the cache; their portable twins are the
+    same functions called as they are, as every other case (torch,
+    traced, dropout) does.
     """
-    run = _attend_cache
+    write, attend = _write_and_split, _attend_cache
     if not problem.get("dropout_rate") and _eager(queries):
-        run = _compiled(keras.backend.backend())
+        write, attend = _compiled(keras.backend.backend())
         # No dropout: no seed generator in the trace; one trace for every
         # position.
         problem.pop("seed", None)
         problem.pop("dropout_rate", None)
         if index is not None:
             index = ops.convert_to_tensor(index, "int32")
-    return run(
-        queries, keys, values, cache, index, ring, implementation, **problem
+    # The keys and values written before, apart: XLA's CPU products read a
+    # slice of a compiled function's argument several times slower than
+    # an argument.
+    cache, cached = write(cache, keys, values, index, ring)
+    result = attend(
+        queries,
+        keys,
+        values,
+        cached,
+        index,
+        ring,
+        implementation,
+        use_causal_mask,
+        sliding_window,
+        attention_mask,
+        **problem,
     )
+    return result, cache
+
+
+def _write_and_split(cache, keys, values, index, ring):
+    """The cache after the write, and its keys and values before it."""
+    cached = (cache[:, 0], cache[:, 1])
+    if index is not None:
+        cache = write_cache(cache, keys, values, index, ring)
+    return cache, cached
 
 
 def _attend_cache(
-    queries, keys, values, cache, index, ring, implementation, **problem
+    queries,
+    keys,
+    values,
+    cached,
+    index,
+    ring,
+    implementation,
+    use_causal_mask,
+    sliding_window,
+    attention_mask,
+    **problem,
 ):
-    if index is not None:
-        cache, keys, values = write_cache(cache, keys, values, index, ring)
+    length = cached[0].shape[1]
+    count = None if index is None else keys.shape[1]
+    start = 0 if index is None else index
+    positions = key_positions(length, index, count, ring)
+    mask = cache_mask(
+        start + index_range(ops.shape(queries)[1]),
+        positions,
+        use_causal_mask,
+        sliding_window,
+    )[None, None]
+    if attention_mask is not None:
+        attention_mask = slot_mask_to_keys(attention_mask, index, count)
+        mask = ops.logical_and(mask, attention_mask[:, None])
+    if index is None:
+        problem = AttentionProblem(queries, *cached, mask=mask, **problem)
+        return PATHS[implementation].run(problem)
+    if implementation == "einsum":
+        problem = AttentionProblem(queries, keys, values, mask=mask, **problem)
+        output, probabilities = einsum_in_parts(
+            problem, (cached[0], keys), (cached[1], values)
+        )
     else:
-        keys, values = cache[:, 0], cache[:, 1]
-    problem = AttentionProblem(queries, keys, values, **problem)
-    output, probabilities = PATHS[implementation].run(problem)
-    if not problem.return_attention_scores:
-        probabilities = None
-    return (output, probabilities), cache
+        keys = ops.concatenate([cached[0], keys], axis=1)
+        values = ops.concatenate([cached[1], values], axis=1)
+        problem = AttentionProblem(queries, keys, values, mask=mask, **problem)
+        output, probabilities = PATHS[implementation].run(problem)
+    if problem.return_attention_scores:
+        probabilities = _probabilities_by_slot(
+            probabilities, length, index, count, ring
+        )
+    return output, probabilities
+
+
+def _probabilities_by_slot(probabilities, length, index, count, ring):
+    """Probabilities over (old slots, new positions) as over the slots
+    after the write: a new position takes its slot, where the old entry
+    was hidden (probability 0)."""
+    if ring and count != 1:
+        return probabilities
+    old, new = probabilities[..., :length], probabilities[..., length:]
+    start = ops.mod(ops.cast(index, "int32"), length) if ring else index
+    return ops.slice_update(old, [0, 0, 0, start], new)
 
 
 def _eager(tensor):
@@ -196,13 +299,21 @@ def _eager(tensor):
 
 @functools.cache
 def _compiled(backend):
-    """`_attend_cache` compiled with `backend`'s XLA compiler."""
-    static = ("ring", "implementation", "scale", "logit_soft_cap")
-    static += ("return_attention_scores", "flash_attention", "sliding_window")
+    """`_write_and_split` and `_attend_cache` compiled with `backend`'s
+    XLA compiler."""
     if backend == "jax":
         import jax
 
-        return jax.jit(_attend_cache, static_argnames=static)
+        static = ("ring", "implementation", "use_causal_mask")
+        static += ("sliding_window", "scale", "logit_soft_cap")
+        static += ("return_attention_scores", "flash_attention")
+        return (
+            jax.jit(_write_and_split, static_argnames=("ring",)),
+            jax.jit(_attend_cache, static_argnames=static),
+        )
     import tensorflow as tf
 
-    return tf.function(_attend_cache, jit_compile=True)
+    return (
+        tf.function(_write_and_split, jit_compile=True),
+        tf.function(_attend_cache, jit_compile=True),
+    )
