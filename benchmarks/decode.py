@@ -24,6 +24,11 @@ Rows:
   cache length `S` is then the text's length, not the cache's.
 
 `cache MB` is the size of the cache the step reads and writes.
+
+A second table times the `window` layer alone at each text length,
+alternating the lengths A B A B (in the first table the other layers'
+large caches run between its steps and evict it from the CPU's caches),
+with each time as a ratio to the first length's.
 """
 
 import argparse
@@ -64,9 +69,9 @@ def build_layers(window):
     return hub, layers
 
 
-def step_functions(hub, layers, length, window, compiled):
+def step_functions(hub, layers, length, window, compiled, only=None):
     """`{name: (step, cache)}`: `step(x, cache)` runs one step at position
-    `length - 1`."""
+    `length - 1` (`only`: that one alone)."""
     index = length - 1
     causal = np.arange(length)[None, None, :] <= index  # (1, 1, S)
 
@@ -103,6 +108,8 @@ def step_functions(hub, layers, length, window, compiled):
         "gqa": (ours(layers["gqa"]), cache(length, 2)),
         "window": (ours(layers["window"]), cache(min(window, length), HEADS)),
     }
+    if only is not None:
+        steps = {only: steps[only]}
     if compiled:
         steps = {
             name: (compile_step(step), state)
@@ -203,6 +210,31 @@ def run(args):
             f"| {length} | {hub_ms:.2f} | {times} | {ratios} "
             f"| {megabytes} | {diff:.1e} |"
         )
+    window_table(
+        layers, x, args.lengths, args.window, args.repeats, args.compiled
+    )
+
+
+def window_table(layers, x, lengths, window, repeats, compiled):
+    """The ring-cache step alone at each length, alternating."""
+    steps = {}
+    for length in lengths:
+        step, cache = step_functions(
+            None, layers, length, window, compiled, only="window"
+        )["window"]
+        steps[length] = (step, cache)
+    medians = time_steps(steps, x, repeats)
+    first = medians[lengths[0]]
+    print()
+    print(
+        f"window={window} alone, ms per step (median) and ratio to "
+        f"S={lengths[0]}"
+    )
+    print("| S | window | ratio |")
+    print("|---|---|---|")
+    for length in lengths:
+        ms = medians[length] * 1e3
+        print(f"| {length} | {ms:.2f} | {medians[length] / first:.2f} |")
 
 
 if __name__ == "__main__":
