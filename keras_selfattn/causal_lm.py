@@ -209,6 +209,11 @@ class CausalLM(keras.Model):
         return self._initial_cache(batch_size, max_length, dtype)
 
     def _initial_cache(self, batch_size, max_length, dtype=None):
+        shape = self._cache_shape(batch_size, max_length)
+        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+
+    def _cache_shape(self, batch_size, max_length):
+        """The stacked cache's shape (checks the blocks' layouts agree)."""
         shapes = [
             self._layer_cache_shape(decoder, batch_size, max_length)
             for decoder in self.decoders
@@ -220,8 +225,7 @@ class CausalLM(keras.Model):
                 "cache_length, kv_heads, head_dim) to stack them. Received: "
                 f"{[tuple(shape[1:]) for shape in shapes]}"
             )
-        shape = (batch_size, self.num_layers, *layouts.pop())
-        return ops.zeros(shape, dtype=dtype or self.compute_dtype)
+        return (batch_size, self.num_layers, *layouts.pop())
 
     def call_with_cache(self, token_ids, cache, cache_update_index):
         """Forward pass over new tokens, reading and writing the cache.
@@ -262,6 +266,94 @@ class CausalLM(keras.Model):
         cache = ops.stack(caches, axis=1)
         logits, hidden_states = self._finish(x)
         return logits, hidden_states, cache
+
+    def decode_step_model(self, max_length, batch_size=None, sequence_length=1):
+        """A functional model of one cached step (`call_with_cache`), for
+        `model.export`: it shares this model's weights (no copies) and
+        takes and returns the cache, so a runtime without Keras can
+        generate with the exported artifact.
+
+        The inputs are a dict (the exported artifact's input names):
+        `"token_ids"` int32 `(batch_size, sequence_length)`, the tokens at
+        positions `cache_update_index ..`; `"cache"` `(batch_size,
+        num_layers, 2, cache_length, kv_heads, head_dim)` in the compute
+        dtype (`initial_cache(batch_size, max_length)`'s shape, zeros
+        before the first step); `"cache_update_index"` an int32 scalar of
+        shape `()`, the position of the first token. The outputs, a dict:
+        `"logits"` float32 `(batch_size, sequence_length, vocab)` and
+        `"next_cache"`, the cache with the new positions written.
+
+        Keras' exporters take a scalar input from an explicit
+        `input_signature` (by default they give every input a batch
+        axis); `recipes.exporting.export_decode_step` passes one. The
+        step model is for calling and exporting, not for `.keras` files:
+        save the `CausalLM`, and build the step again after loading it.
+
+        Args:
+            max_length: the longest sequence the cache serves; sets
+                `cache_length` (`min(max_length, sliding_window)` for a
+                sliding-window model).
+            batch_size: the rows a call takes; None leaves it dynamic.
+            sequence_length: the tokens a call takes: 1 (a decode step;
+                a prompt is then fed token by token), a fixed count, or
+                None (dynamic: one call can prefill a whole prompt).
+
+        Returns:
+            A `keras.Model` mapping the input dict to the output dict.
+
+        Example:
+
+        >>> import numpy as np
+        >>> from keras_selfattn import TransformerDecoder
+        >>> lm = CausalLM(
+        ...     keras.layers.Embedding(30, 8), [TransformerDecoder(16, 2)]
+        ... )
+        >>> step = lm.decode_step_model(max_length=6)
+        >>> out = step({
+        ...     "token_ids": np.array([[5], [7]], "int32"),
+        ...     "cache": np.zeros(lm.initial_cache(2, 6).shape, "float32"),
+        ...     "cache_update_index": np.array(0, "int32"),
+        ... })
+        >>> tuple(out["logits"].shape), tuple(out["next_cache"].shape)
+        ((2, 1, 30), (2, 1, 2, 6, 2, 4))
+        >>> logits, _, _ = lm.call_with_cache(
+        ...     np.array([[5], [7]]), lm.initial_cache(2, 6), 0
+        ... )
+        >>> to_numpy = keras.ops.convert_to_numpy
+        >>> bool(np.allclose(to_numpy(out["logits"]), to_numpy(logits)))
+        True
+        """
+        max_length = check_positive_int("max_length", max_length)
+        batch_size = check_positive_int(
+            "batch_size", batch_size, allow_none=True
+        )
+        sequence_length = check_positive_int(
+            "sequence_length", sequence_length, allow_none=True
+        )
+        cache_shape = self._cache_shape(batch_size, max_length)
+        token_ids = keras.Input(
+            batch_shape=(batch_size, sequence_length),
+            dtype="int32",
+            name="token_ids",
+        )
+        cache = keras.Input(
+            batch_shape=(batch_size, *cache_shape[1:]),
+            dtype=self.compute_dtype,
+            name="cache",
+        )
+        index = keras.Input(
+            batch_shape=(), dtype="int32", name="cache_update_index"
+        )
+        logits, next_cache = _CachedStep(self)(token_ids, cache, index)
+        return keras.Model(
+            {
+                "token_ids": token_ids,
+                "cache": cache,
+                "cache_update_index": index,
+            },
+            {"logits": logits, "next_cache": next_cache},
+            name=f"{self.name}_decode_step",
+        )
 
     def prefill(self, token_ids, length):
         """Write the first `length` tokens of every row into a new cache in
@@ -397,6 +489,27 @@ class CausalLM(keras.Model):
         if "dtype" in config and isinstance(config["dtype"], dict):
             config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
         return cls(**config)
+
+
+class _CachedStep(keras.layers.Layer):
+    """`lm.call_with_cache` as one layer: `(logits, next_cache)`.
+
+    A functional model over `call_with_cache` itself would run what lies
+    outside the model's layers (the tied projection reads the embedding
+    matrix) once, when the model is built, and keep the result: a copy of
+    the weights. In a layer's `call` it runs at every call."""
+
+    def __init__(self, lm, **kwargs):
+        super().__init__(
+            dtype=lm.dtype_policy, name=f"{lm.name}_step", **kwargs
+        )
+        self.lm = lm
+
+    def call(self, token_ids, cache, cache_update_index):
+        logits, _, cache = self.lm.call_with_cache(
+            token_ids, cache, cache_update_index
+        )
+        return logits, cache
 
 
 def _check_layer(name, value, allow_none=False):

@@ -26,6 +26,12 @@ import numpy as np
 from keras import ops
 
 from keras_selfattn._validation import check_choice, check_positive_int
+from keras_selfattn.prompts import (
+    check_prompts,
+    check_stop_token_ids,
+    check_token_id,
+    finish,
+)
 
 STRATEGIES = ("greedy", "sample")
 
@@ -324,14 +330,16 @@ def generate(
     """
     options = check_sampling(strategy, temperature, top_k, top_p)
     _check_seed(seed)
-    pad_token_id = _check_token_id("pad_token_id", pad_token_id)
-    stop_token_ids = _check_stop_token_ids(stop_token_ids)
+    pad_token_id = check_token_id("pad_token_id", pad_token_id)
+    stop_token_ids = check_stop_token_ids(stop_token_ids)
     if on_token is not None and not callable(on_token):
         raise ValueError(
             f"`on_token` must be callable. Received: on_token={on_token!r}"
         )
-    token_ids, mask, start = _check_prompts(
-        token_ids, padding_mask, max_length, pad_token_id
+    if padding_mask is not None:
+        padding_mask = ops.convert_to_numpy(padding_mask)
+    token_ids, mask, start = check_prompts(
+        ops.convert_to_numpy(token_ids), padding_mask, max_length, pad_token_id
     )
     batch_size = token_ids.shape[0]
     steps = max_length - start
@@ -352,96 +360,7 @@ def generate(
     else:
         tokens = _stream(functions, arguments, start, max_length, on_token)
     tokens = np.asarray(ops.convert_to_numpy(tokens), "int32")
-    return _finish(tokens, mask, stop_token_ids, pad_token_id)
-
-
-def _check_token_id(name, value):
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Integral)
-        or value < 0
-    ):
-        raise ValueError(
-            f"`{name}` must be a non-negative integer. Received: "
-            f"{name}={value!r}"
-        )
-    return int(value)
-
-
-def _check_stop_token_ids(stop_token_ids):
-    """A sorted tuple of ids, or None."""
-    if stop_token_ids is None:
-        return None
-    if isinstance(stop_token_ids, numbers.Integral):
-        stop_token_ids = [stop_token_ids]
-    ids = np.asarray(stop_token_ids).reshape(-1).tolist()
-    if not ids or not all(
-        isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids
-    ):
-        raise ValueError(
-            "`stop_token_ids` must be a non-negative int or a non-empty "
-            f"list of them. Received: stop_token_ids={stop_token_ids!r}"
-        )
-    return tuple(sorted(set(ids)))
-
-
-def _check_prompts(token_ids, padding_mask, max_length, pad_token_id):
-    """`(token_ids, mask, start)`: NumPy `(B, max_length)` prompts padded
-    with `pad_token_id`, their mask, and the shortest prompt's length."""
-    token_ids = np.asarray(ops.convert_to_numpy(token_ids))
-    if token_ids.ndim != 2 or not np.issubdtype(token_ids.dtype, np.integer):
-        raise ValueError(
-            "`token_ids` must be integer ids of shape (batch, length). "
-            f"Received: token_ids.shape={token_ids.shape}, "
-            f"dtype={token_ids.dtype}"
-        )
-    batch_size, prompt_length = token_ids.shape
-    max_length = check_positive_int("max_length", max_length)
-    if max_length < prompt_length:
-        raise ValueError(
-            "`max_length` must be at least the prompt length "
-            f"{prompt_length}. Received: max_length={max_length}"
-        )
-    if padding_mask is None:
-        mask = np.ones(token_ids.shape, bool)
-    else:
-        mask = np.asarray(ops.convert_to_numpy(padding_mask)).astype(bool)
-        if mask.shape != token_ids.shape:
-            raise ValueError(
-                "`padding_mask` must have the shape of `token_ids` "
-                f"{token_ids.shape}. Received: padding_mask.shape="
-                f"{mask.shape}"
-            )
-    lengths = mask.sum(axis=1)
-    prefix = np.arange(prompt_length)[None, :] < lengths[:, None]
-    if batch_size == 0 or (mask != prefix).any() or lengths.min() < 1:
-        raise ValueError(
-            "`padding_mask` must mark a prompt of at least one token at the "
-            "start of every row (right padding). Received: row lengths "
-            f"{lengths.tolist()}, padding_mask={mask.astype(int).tolist()}"
-        )
-    pad = max_length - prompt_length
-    token_ids = np.pad(
-        token_ids.astype("int32"), [(0, 0), (0, pad)], constant_values=0
-    )
-    token_ids = np.where(
-        np.pad(mask, [(0, 0), (0, pad)]), token_ids, pad_token_id
-    )
-    mask = np.pad(mask, [(0, 0), (0, pad)])
-    return token_ids.astype("int32"), mask, int(lengths.min())
-
-
-def _finish(tokens, mask, stop_token_ids, pad_token_id):
-    """The returned dict: positions after each row's first generated stop
-    token padded and masked out."""
-    if stop_token_ids is None:
-        padding_mask = np.ones(tokens.shape, bool)
-    else:
-        ends = np.isin(tokens, stop_token_ids) & ~mask
-        after = (np.cumsum(ends, axis=1) - ends) > 0
-        padding_mask = ~after
-    tokens = np.where(padding_mask, tokens, pad_token_id).astype("int32")
-    return {"token_ids": tokens, "padding_mask": padding_mask}
+    return finish(tokens, mask, stop_token_ids, pad_token_id)
 
 
 def _stream(functions, arguments, start, max_length, on_token):

@@ -240,7 +240,7 @@ def _attend_cache(
     **problem,
 ):
     length = cached[0].shape[1]
-    count = None if index is None else keys.shape[1]
+    count = None if index is None else ops.shape(keys)[1]
     start = 0 if index is None else index
     positions = key_positions(length, index, count, ring)
     mask = cache_mask(
