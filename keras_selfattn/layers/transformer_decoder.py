@@ -118,6 +118,8 @@ class TransformerDecoder(TransformerBlock):
     ...     self_attention_cache=cache,
     ...     self_attention_cache_update_index=4,
     ... )
+    >>> from keras import ops
+    >>> last, full = ops.convert_to_numpy(last), ops.convert_to_numpy(full)
     >>> bool(np.allclose(last, full[:, 4:], atol=1e-5))
     True
 

@@ -28,7 +28,7 @@ def einsum_in_parts(problem, keys, values):
     each part's. `problem`'s masks and biases span all the keys."""
     query = problem.query
     lengths = [ops.shape(key)[1] for key in keys]
-    key_length = sum(lengths[1:], lengths[0])
+    key_length = lengths[0] if len(keys) == 1 else sum(lengths)
     mask = problem.banded_mask(key_length)
     if problem.is_causal:
         mask = merge_masks(mask, causal_mask(ops.shape(query)[1], key_length))
@@ -49,14 +49,13 @@ def einsum_in_parts(problem, keys, values):
             weights, problem.dropout_rate, seed=problem.seed
         )
     weights = ops.cast(weights, values[0].dtype)
+    if len(keys) == 1:
+        return _attend(weights, values[0]), ops.cast(probs, values[0].dtype)
     output, start = None, 0
     for length, value in zip(lengths, values):
-        part = (
-            weights if len(keys) == 1 else weights[..., start : start + length]
-        )
-        start = start + length
-        attended = _attend(part, value)
+        attended = _attend(weights[..., start : start + length], value)
         output = attended if output is None else output + attended
+        start = start + length
     return output, ops.cast(probs, values[0].dtype)
 
 
