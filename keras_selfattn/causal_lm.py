@@ -424,43 +424,18 @@ class CausalLM(keras.Model):
             cache,
         )
 
-    def generate(
-        self,
-        token_ids,
-        max_length,
-        padding_mask=None,
-        strategy="greedy",
-        temperature=1.0,
-        top_k=None,
-        top_p=None,
-        stop_token_ids=None,
-        seed=None,
-        on_token=None,
-        pad_token_id=0,
-        jit_compile=True,
-    ):
-        """Generate up to `max_length` tokens per row; see
-        `keras_selfattn.generation.generate` for the arguments.
+    def generate(self, token_ids, max_length, **options):
+        """Generate up to `max_length` tokens per row:
+        `keras_selfattn.generation.generate(self, token_ids, max_length,
+        **options)`, whose arguments `options` takes (`padding_mask`,
+        `strategy`, `temperature`, `top_k`, `top_p`, `stop_token_ids`,
+        `seed`, `on_token`, `pad_token_id`, `jit_compile`).
 
         Returns:
             `{"token_ids": (B, max_length), "padding_mask": (B,
             max_length)}` as NumPy arrays.
         """
-        return generation.generate(
-            self,
-            token_ids,
-            max_length,
-            padding_mask=padding_mask,
-            strategy=strategy,
-            temperature=temperature,
-            top_k=top_k,
-            top_p=top_p,
-            stop_token_ids=stop_token_ids,
-            seed=seed,
-            on_token=on_token,
-            pad_token_id=pad_token_id,
-            jit_compile=jit_compile,
-        )
+        return generation.generate(self, token_ids, max_length, **options)
 
     # -------------------------------------------------------- serializing
 
