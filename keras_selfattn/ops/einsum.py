@@ -79,14 +79,22 @@ def _attention_logits(query, key):
     query = ops.cast(query, SOFTMAX_DTYPE)
     key = ops.cast(key, SOFTMAX_DTYPE)
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
+    depth = query.shape[3]
     keys_last = ops.transpose(key, (0, 2, 3, 1))  # `(B, Hkv, D, S)`
     if num_heads == num_kv_heads:
         return ops.matmul(ops.transpose(query, (0, 2, 1, 3)), keys_last)
     groups = num_heads // num_kv_heads
     query = _split_heads(query, num_kv_heads, groups)
     query = ops.transpose(query, (0, 2, 3, 1, 4))  # `(B, Hkv, G, T, D)`
-    logits = ops.matmul(query, ops.expand_dims(keys_last, 2))
-    return _merge_group_axes(logits, num_heads)
+    length, key_length = query.shape[3], key.shape[1]
+    if length is None or key_length is None:  # a broadcast over the group
+        logits = ops.matmul(query, ops.expand_dims(keys_last, 2))
+        return _merge_group_axes(logits, num_heads)
+    # A group's heads and positions as the rows of one product with their
+    # key head: a broadcast would copy the keys once per query head.
+    query = ops.reshape(query, (-1, num_kv_heads, groups * length, depth))
+    logits = ops.matmul(query, keys_last)  # `(B, Hkv, G * T, S)`
+    return ops.reshape(logits, (-1, num_heads, length, key_length))
 
 
 def _masked_softmax(logits, mask):
@@ -117,7 +125,7 @@ def _attend(weights, value):
     value = ops.transpose(value, (0, 2, 1, 3))  # `(B, Hkv, S, Dv)`
     if num_heads == num_kv_heads:
         output = ops.matmul(weights, value)
-    else:
+    elif None in weights.shape[2:]:  # a broadcast over the group
         groups = num_heads // num_kv_heads
         shape = ops.shape(weights)
         weights = ops.reshape(
@@ -126,6 +134,12 @@ def _attend(weights, value):
         output = ops.matmul(weights, ops.expand_dims(value, 2))
         shape = ops.shape(output)
         output = ops.reshape(output, (-1, num_heads, shape[3], shape[4]))
+    else:  # a group's heads and positions as the rows of one product
+        length, key_length = weights.shape[2:]
+        rows = (num_heads // num_kv_heads) * length
+        weights = ops.reshape(weights, (-1, num_kv_heads, rows, key_length))
+        output = ops.matmul(weights, value)  # `(B, Hkv, G * T, Dv)`
+        output = ops.reshape(output, (-1, num_heads, length, value.shape[-1]))
     return ops.transpose(output, (0, 2, 1, 3))
 
 
