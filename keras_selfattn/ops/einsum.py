@@ -87,7 +87,7 @@ def _attention_logits(query, key):
     query = _split_heads(query, num_kv_heads, groups)
     query = ops.transpose(query, (0, 2, 3, 1, 4))  # `(B, Hkv, G, T, D)`
     length, key_length = query.shape[3], key.shape[1]
-    if length is None or key_length is None:  # a broadcast over the group
+    if not _known(length, key_length):  # a broadcast over the group
         logits = ops.matmul(query, ops.expand_dims(keys_last, 2))
         return _merge_group_axes(logits, num_heads)
     # A group's heads and positions as the rows of one product with their
@@ -125,7 +125,7 @@ def _attend(weights, value):
     value = ops.transpose(value, (0, 2, 1, 3))  # `(B, Hkv, S, Dv)`
     if num_heads == num_kv_heads:
         output = ops.matmul(weights, value)
-    elif None in weights.shape[2:]:  # a broadcast over the group
+    elif not _known(*weights.shape[2:]):  # a broadcast over the group
         groups = num_heads // num_kv_heads
         shape = ops.shape(weights)
         weights = ops.reshape(
@@ -151,3 +151,9 @@ def _split_heads(query, num_kv_heads, groups):
 def _merge_group_axes(logits, num_heads):
     shape = ops.shape(logits)
     return ops.reshape(logits, (-1, num_heads, shape[3], shape[4]))
+
+
+def _known(*sizes):
+    """Whether `sizes` are ints (not unknown, not symbolic: exporters
+    cannot map a reshape to a product of symbolic sizes)."""
+    return all(isinstance(size, int) for size in sizes)
