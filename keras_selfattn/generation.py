@@ -26,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from keras_selfattn._validation import check_choice, check_positive_int
+from keras_selfattn.ops.compiling import compile_function
 from keras_selfattn.prompts import (
     check_prompts,
     check_stop_token_ids,
@@ -482,50 +483,19 @@ def _functions(model, key):
     return by_key[key]
 
 
-# ---------------------------------------------------------------------
-# Backend section: compiling. The portable twin is the function itself,
-# run eagerly (`jit_compile=False`, and always on torch); the tests check
-# that both give the same tokens.
-
-
 def _compile(function, model, jit_compile, static_argnum=None, tf_xla=True):
-    """`function` compiled for the backend. `static_argnum` is the position
-    of an argument that is a Python int the trace depends on. `model` is a
-    weak reference to the model whose variables the function reads.
-    `tf_xla=False` compiles a TensorFlow graph without XLA."""
-    backend = keras.backend.backend()
-    if backend == "torch":
-        import torch
-
-        return torch.no_grad()(function)
-    if not jit_compile:
+    """`function` compiled for the backend (`compile_function`), reading
+    the variables of `model` (a weak reference); with `jit_compile=False`
+    it runs as it is, its portable twin (on torch, under `no_grad`). The
+    tests check that both give the same tokens."""
+    if not jit_compile and keras.backend.backend() != "torch":
         return function
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.function(function, jit_compile=tf_xla)
-    if backend == "jax":
-        import jax
-
-        # Stateless: the variables' values are arguments, not constants
-        # of the trace, so the compiled function follows the weights.
-        def stateless(values, *args):
-            mapping = list(zip(_variables(model()), values))
-            with keras.StatelessScope(state_mapping=mapping):
-                return function(*args)
-
-        compiled = jax.jit(
-            stateless,
-            static_argnums=() if static_argnum is None else static_argnum + 1,
-        )
-
-        def run(*args):
-            values = [variable.value for variable in _variables(model())]
-            return compiled(values, *args)
-
-        return run
-    return function
-
-
-def _variables(model):
-    return [*model.trainable_variables, *model.non_trainable_variables]
+    return compile_function(
+        function,
+        static_argnums=() if static_argnum is None else (static_argnum,),
+        variables=lambda: [
+            *model().trainable_variables,
+            *model().non_trainable_variables,
+        ],
+        xla=tf_xla,
+    )

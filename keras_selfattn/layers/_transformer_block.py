@@ -1,6 +1,8 @@
 """What the encoder and decoder blocks share: their arguments' checks, the
 attention configuration, and the sublayers around the attention."""
 
+import inspect
+
 import keras
 
 from keras_selfattn._validation import (
@@ -25,6 +27,13 @@ ATTENTION_OPTIONS = tuple(
 NORMALIZATIONS = ("layer_norm", "rms_norm")
 
 
+def block_arguments(arguments):
+    """The arguments of a block's constructor (its `locals()`) that
+    `TransformerBlock` takes: its own and the attention options."""
+    names = (*_BLOCK_ARGUMENTS, *ATTENTION_OPTIONS)
+    return {name: value for name, value in arguments.items() if name in names}
+
+
 class TransformerBlock(CompositeLayer):
     """Base of `TransformerEncoder` and `TransformerDecoder`.
 
@@ -45,12 +54,16 @@ class TransformerBlock(CompositeLayer):
         layer_norm_epsilon,
         kernel_initializer,
         bias_initializer,
-        attention_options,
         normalization="layer_norm",
         gated_feedforward=False,
         use_bias=True,
         **kwargs,
     ):
+        attention_options = {
+            name: kwargs.pop(name)
+            for name in ATTENTION_OPTIONS
+            if name in kwargs
+        }
         super().__init__(**kwargs)
         self.intermediate_dim = check_positive_int(
             "intermediate_dim", intermediate_dim
@@ -161,3 +174,8 @@ class TransformerBlock(CompositeLayer):
             "use_bias": self.use_bias,
             **self.attention_config.options(*ATTENTION_OPTIONS),
         }
+
+
+_BLOCK_ARGUMENTS = tuple(
+    inspect.signature(TransformerBlock.__init__).parameters
+)[1:-1]

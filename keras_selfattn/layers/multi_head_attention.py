@@ -577,12 +577,9 @@ class MultiHeadAttention(CompositeLayer):
         return output, cache
 
     def _position_bias_at(self, query_positions, key_positions):
-        """The position bias `(1, heads, T, S)` at these positions, or
-        None."""
-        bias = self._position_bias()
-        if bias is None:
-            return None
-        tile = bias.tile(
+        """The position bias `(1, heads, T, S)` of `position_bias` at
+        these positions."""
+        tile = self._position_bias().tile(
             ops.cast(query_positions, "int32")[:, None],
             ops.cast(key_positions, "int32")[None, :],
             ops.shape(key_positions)[0],

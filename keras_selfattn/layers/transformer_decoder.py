@@ -10,6 +10,7 @@ from keras_selfattn._validation import check_positive_int
 from keras_selfattn.layers._transformer_block import (
     ATTENTION_OPTIONS,
     TransformerBlock,
+    block_arguments,
 )
 from keras_selfattn.layers.attention_config import forward_options
 from keras_selfattn.layers.call_inputs import check_width
@@ -155,25 +156,12 @@ class TransformerDecoder(TransformerBlock):
         use_bias=True,
         **kwargs,
     ):
-        options = {k: v for k, v in locals().items() if k in ATTENTION_OPTIONS}
+        arguments = block_arguments(locals())
         # keras-hub's configs carry the build shapes, so that a loaded
         # layer has its cross-attention before its weights load.
         decoder_sequence_shape = kwargs.pop("decoder_sequence_shape", None)
         encoder_sequence_shape = kwargs.pop("encoder_sequence_shape", None)
-        super().__init__(
-            intermediate_dim,
-            dropout,
-            attention_dropout,
-            activation,
-            layer_norm_epsilon,
-            kernel_initializer,
-            bias_initializer,
-            options,
-            normalization=normalization,
-            gated_feedforward=gated_feedforward,
-            use_bias=use_bias,
-            **kwargs,
-        )
+        super().__init__(**arguments, **kwargs)
         self.normalize_first = bool(normalize_first)
         self._decoder_sequence_shape = None
         self._encoder_sequence_shape = None

@@ -5,6 +5,7 @@ import keras
 from keras_selfattn.layers._transformer_block import (
     ATTENTION_OPTIONS,
     TransformerBlock,
+    block_arguments,
 )
 from keras_selfattn.layers.attention_config import forward_options
 from keras_selfattn.layers.call_inputs import check_self_attention_call
@@ -98,21 +99,8 @@ class TransformerEncoder(TransformerBlock):
         use_bias=True,
         **kwargs,
     ):
-        options = {k: v for k, v in locals().items() if k in ATTENTION_OPTIONS}
-        super().__init__(
-            intermediate_dim,
-            dropout,
-            attention_dropout,
-            activation,
-            layer_norm_epsilon,
-            kernel_initializer,
-            bias_initializer,
-            options,
-            normalization=normalization,
-            gated_feedforward=gated_feedforward,
-            use_bias=use_bias,
-            **kwargs,
-        )
+        arguments = block_arguments(locals())
+        super().__init__(**arguments, **kwargs)
         self.norm_first = bool(norm_first)
 
     def build(self, inputs_shape):

@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from keras_selfattn.ops.attention import PATHS, AttentionProblem
+from keras_selfattn.ops.compiling import compile_function, is_eager
 from keras_selfattn.ops.einsum import einsum_in_parts
 from keras_selfattn.ops.fused import torch_compiling
 from keras_selfattn.ops.masks import index_range
@@ -190,7 +191,7 @@ def cached_attention(
     traced, dropout) does.
     """
     write, attend = _write_and_split, _attend_cache
-    if not problem.get("dropout_rate") and _eager(queries):
+    if not problem.get("dropout_rate") and is_eager(queries):
         write, attend = _compiled(keras.backend.backend())
         # No dropout: no seed generator in the trace; one trace for every
         # position.
@@ -283,37 +284,14 @@ def _probabilities_by_slot(probabilities, length, index, count, ring):
     return ops.slice_update(old, [0, 0, 0, start], new)
 
 
-def _eager(tensor):
-    """Whether `tensor` is a concrete JAX or eager TensorFlow value."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        return not isinstance(tensor, jax.core.Tracer)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return tf.executing_eagerly()
-    return False
-
-
 @functools.cache
 def _compiled(backend):
     """`_write_and_split` and `_attend_cache` compiled with `backend`'s
-    XLA compiler."""
-    if backend == "jax":
-        import jax
-
-        static = ("ring", "implementation", "use_causal_mask")
-        static += ("sliding_window", "scale", "logit_soft_cap")
-        static += ("return_attention_scores", "flash_attention")
-        return (
-            jax.jit(_write_and_split, static_argnames=("ring",)),
-            jax.jit(_attend_cache, static_argnames=static),
-        )
-    import tensorflow as tf
-
+    XLA compiler (a cache per backend: tests switch it)."""
+    static = ("ring", "implementation", "use_causal_mask")
+    static += ("sliding_window", "scale", "logit_soft_cap")
+    static += ("return_attention_scores", "flash_attention")
     return (
-        tf.function(_write_and_split, jit_compile=True),
-        tf.function(_attend_cache, jit_compile=True),
+        compile_function(_write_and_split, static_argnames=("ring",)),
+        compile_function(_attend_cache, static_argnames=static),
     )
