@@ -52,7 +52,8 @@ class CausalLM(keras.Model):
             `token_embedding` sublayer).
 
     Call arguments:
-        token_ids: int `(B, L)`.
+        token_ids: int `(B, L)`, or keras-hub's `CausalLM` inputs: a dict
+            of `"token_ids"` and (optionally) `"padding_mask"`.
         padding_mask: optional boolean `(B, L)`, True for real tokens
             (right padding); defaults to the Keras mask of the embedding.
         training: enables dropout.
@@ -165,6 +166,8 @@ class CausalLM(keras.Model):
         return self._logits(x), x
 
     def call(self, token_ids, padding_mask=None, training=None):
+        if isinstance(token_ids, dict):
+            token_ids, padding_mask = _unpack_inputs(token_ids, padding_mask)
         x, implicit_mask = self._embed(token_ids)
         if padding_mask is None:
             padding_mask = implicit_mask
@@ -485,6 +488,22 @@ class _CachedStep(keras.layers.Layer):
             token_ids, cache, cache_update_index
         )
         return logits, cache
+
+
+def _unpack_inputs(inputs, padding_mask):
+    """`(token_ids, padding_mask)` from keras-hub's input dict."""
+    unknown = sorted(set(inputs) - {"token_ids", "padding_mask"})
+    if "token_ids" not in inputs or unknown:
+        raise ValueError(
+            "A dict of inputs holds `token_ids` and optionally "
+            f"`padding_mask`. Received: keys {sorted(inputs)}"
+        )
+    if padding_mask is not None and "padding_mask" in inputs:
+        raise ValueError(
+            "`padding_mask` is given twice: as an argument and in the "
+            "inputs dict."
+        )
+    return inputs["token_ids"], inputs.get("padding_mask", padding_mask)
 
 
 def _check_layer(name, value, allow_none=False):

@@ -104,9 +104,11 @@ def _unpack_named(name, checkpoint, files, cache_dir):
 
 
 def assign_weights(model, weights):
-    """Set every variable of `model` from `{variable.path: array}`; each
-    variable must be named exactly once, with the variable's shape."""
-    variables = {v.path: v for v in model.weights}
+    """Set every variable of `model` from `{path: array}`; each variable
+    must be named exactly once, with the variable's shape. A path is the
+    variable's `path`, less the model's name where it starts with it."""
+    prefix = f"{model.name}/"
+    variables = {v.path.removeprefix(prefix): v for v in model.weights}
     if set(variables) != set(weights):
         raise ValueError(
             "The weights do not name the model's variables. Without a "
