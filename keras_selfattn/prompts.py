@@ -1,6 +1,6 @@
 """Prompts in and generated tokens out, in NumPy (no Keras): the checks
 and the result that `keras_selfattn.generation` and serving without Keras
-share.
+share, and the chat template that turns messages into a prompt.
 
 Prompts are right padded: row `b` holds its prompt in its first tokens,
 marked True in `padding_mask`.
@@ -100,3 +100,60 @@ def finish(tokens, mask, stop_token_ids, pad_token_id):
         padding_mask = ~after
     tokens = np.where(padding_mask, tokens, pad_token_id).astype("int32")
     return {"token_ids": tokens, "padding_mask": padding_mask}
+
+
+def apply_chat_template(
+    template, messages, add_generation_prompt=True, **variables
+):
+    """Render a chat template (Jinja, as Hugging Face and GGUF files store
+    them) over `messages`, as transformers' `apply_chat_template` does:
+    a sandboxed environment, blocks trimmed.
+
+    Args:
+        template: the template text (e.g. a GGUF's
+            `tokenizer.chat_template`).
+        messages: a list of `{"role": ..., "content": ...}` dicts.
+        add_generation_prompt: end with the header of the assistant's
+            turn, so that the model writes the answer.
+        **variables: further template variables (`bos_token`, ...).
+
+    Returns:
+        The prompt text; its special tokens are text the tokenizer keeps
+        whole.
+
+    Example:
+
+    >>> template = (
+    ...     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}"
+    ...     "{% endfor %}{% if add_generation_prompt %}<|assistant|>"
+    ...     "{% endif %}"
+    ... )
+    >>> apply_chat_template(template, [{"role": "user", "content": "Hi"}])
+    '<|user|>Hi<|assistant|>'
+    """
+    if not isinstance(template, str) or not template:
+        raise ValueError(
+            "`template` must be a non-empty chat template string. "
+            f"Received: template={template!r}"
+        )
+    if not isinstance(messages, (list, tuple)) or not all(
+        isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages
+    ):
+        raise ValueError(
+            "`messages` must be a list of dicts with `role` and `content`. "
+            f"Received: messages={messages!r}"
+        )
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise ValueError(f"The chat template refused the messages: {message}")
+
+    environment = ImmutableSandboxedEnvironment(
+        trim_blocks=True, lstrip_blocks=True
+    )
+    environment.globals["raise_exception"] = raise_exception
+    return environment.from_string(template).render(
+        messages=list(messages),
+        add_generation_prompt=add_generation_prompt,
+        **variables,
+    )

@@ -66,6 +66,7 @@ from keras_selfattn.pretrained.llama import (
     LlamaConfig,
     gguf_path,
     llama_causal_lm,
+    llama_from_gguf,
     llama_weights,
     load_llama,
 )
@@ -98,6 +99,7 @@ __all__ = [
     "gguf_path",
     "gguf_tokenizer",
     "llama_causal_lm",
+    "llama_from_gguf",
     "llama_weights",
     "load_llama",
     "load_bert",

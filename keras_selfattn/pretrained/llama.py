@@ -392,6 +392,16 @@ def gguf_path(name_or_path, cache_dir=None):
     return path
 
 
+def llama_from_gguf(metadata, tensors, dtype=None, implementation="auto"):
+    """`(causal_lm, tokenizer)` from a GGUF file's contents (`read_gguf`'s
+    result): the model with every weight loaded, and its tokenizer. See
+    `load_llama` for the arguments."""
+    config = LlamaConfig.from_gguf_metadata(metadata, tuple(tensors))
+    causal_lm = llama_causal_lm(config, dtype, implementation)
+    checkpoints.assign_weights(causal_lm, llama_weights(tensors, config))
+    return causal_lm, gguf_tokenizer(metadata)
+
+
 def load_llama(name_or_path, dtype=None, implementation="auto", cache_dir=None):
     """Load a LLaMA-architecture GGUF checkpoint into a `CausalLM` of our
     layers, with its tokenizer.
@@ -409,14 +419,13 @@ def load_llama(name_or_path, dtype=None, implementation="auto", cache_dir=None):
     Returns:
         `(causal_lm, tokenizer)`: the `CausalLM` with the file's weights,
         and the `tokenizers.Tokenizer` its metadata describes (see
-        `keras_selfattn.pretrained.gguf.gguf_tokenizer`).
+        `keras_selfattn.pretrained.gguf.gguf_tokenizer`). The metadata
+        itself (the chat template, special token ids) is
+        `read_gguf_metadata(gguf_path(name_or_path))`.
 
     Raises:
         ValueError: not a GGUF file, not a LLaMA model, or a missing,
             unexpected or misshaped tensor (all are listed).
     """
     metadata, tensors = read_gguf(gguf_path(name_or_path, cache_dir))
-    config = LlamaConfig.from_gguf_metadata(metadata, tuple(tensors))
-    causal_lm = llama_causal_lm(config, dtype, implementation)
-    checkpoints.assign_weights(causal_lm, llama_weights(tensors, config))
-    return causal_lm, gguf_tokenizer(metadata)
+    return llama_from_gguf(metadata, tensors, dtype, implementation)
