@@ -230,3 +230,22 @@ def run_script(script, args, backend=BACKEND, stdin=None, cwd=None):
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result.stdout
+
+
+# Text on which a byte-level BPE tokenizer rebuilt from a GGUF file must
+# give transformers' ids: Unicode (accents, emoji, CJK), digits, runs of
+# spaces, tabs, newlines and CRLF, contractions, control tokens inside
+# text, code and the empty string.
+TOKENIZER_TEXTS = [
+    "Hello world",
+    " leading space",
+    "Ünïcødé — 東京 😀 naïve café, Straße, ﬁ ligature",
+    "digits 1234567 and 3.14159, 2024-12-05, 10,000",
+    "runs   of    spaces\t\ttabs \t mixed",
+    "new\nlines\n\n\nand\r\nCRLF\r\n",
+    "it's we'll I'M don't THEY'RE you've she'd",
+    "   ",
+    "",
+    "<|endoftext|>x<|im_end|> <|im_start|>user\ntext",
+    "def f(x):\n    return x**2  # comment",
+]
