@@ -301,15 +301,13 @@ def complete(causal_lm, tokenizer, settings, text, args):
 
     ids = prompt_ids(tokenizer, text, settings)
     stream = DecodeStream(skip_special_tokens=True)
-    pieces, times = [], []
+    times = []
 
     def on_token(step, tokens):
         times.append(time.perf_counter())
         piece = stream.step(tokenizer, int(tokens[0]))
-        if piece:
-            pieces.append(piece)
-            if not args.jsonl:
-                print(piece, end="", flush=True)
+        if piece and not args.jsonl:
+            print(piece, end="", flush=True)
 
     started = time.perf_counter()
     out = causal_lm.generate(
@@ -326,8 +324,10 @@ def complete(causal_lm, tokenizer, settings, text, args):
         out["padding_mask"][0, ids.shape[1] :]
     ]
     steps = np.diff(times)
+    # The whole completion decoded at once (a stream holds back a last
+    # piece that ends inside a UTF-8 character), as `predict` prints it.
     return {
-        "completion": "".join(pieces),
+        "completion": tokenizer.decode(new.tolist(), skip_special_tokens=True),
         "new_tokens": int(len(new)),
         "tokens_per_second": (
             round(len(steps) / float(steps.sum()), 2) if len(steps) else None
