@@ -249,3 +249,32 @@ TOKENIZER_TEXTS = [
     "<|endoftext|>x<|im_end|> <|im_start|>user\ntext",
     "def f(x):\n    return x**2  # comment",
 ]
+
+
+def right_padded(tokenizer, texts):
+    """`(ids, mask)`: the texts' ids (of different lengths) in one
+    right-padded batch."""
+    encoded = [tokenizer.encode(text).ids for text in texts]
+    ids = np.zeros((len(texts), max(map(len, encoded))), "int32")
+    mask = np.zeros(ids.shape, bool)
+    for row, tokens in enumerate(encoded):
+        ids[row, : len(tokens)] = tokens
+        mask[row, : len(tokens)] = True
+    assert len(set(map(len, encoded))) == len(texts), "lengths must differ"
+    return ids, mask
+
+
+def gguf_reference(path):
+    """transformers' tokenizer and float32 `LlamaForCausalLM` read from
+    the GGUF file at `path`: the oracle of `keras_selfattn.pretrained`."""
+    import pytest
+
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(
+        str(path.parent), gguf_file=path.name
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(path.parent), gguf_file=path.name, dtype=torch.float32
+    ).eval()
+    return tokenizer, model

@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 import tokenizers
-from support import TOKENIZER_TEXTS, to_numpy
+from support import TOKENIZER_TEXTS, gguf_reference, right_padded, to_numpy
 from tokenizers import models, pre_tokenizers, trainers
 
 from keras_selfattn import prompts
@@ -211,33 +211,19 @@ def ours(tiny_path):
 
 
 @pytest.fixture(scope="module")
-def reference_tokenizer(tiny_path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        str(tiny_path.parent), gguf_file=tiny_path.name
-    )
+def reference(tiny_path):
+    """transformers' tokenizer and model of the same file, loaded once."""
+    return gguf_reference(tiny_path)
 
 
 @pytest.fixture(scope="module")
-def reference_model(tiny_path):
-    """transformers' `LlamaForCausalLM` read from the same file."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(tiny_path.parent), gguf_file=tiny_path.name, dtype=torch.float32
-    ).eval()
+def reference_tokenizer(reference):
+    return reference[0]
 
 
-def right_padded(tokenizer, texts):
-    """`(ids, mask)`: the texts' ids in one right-padded batch."""
-    encoded = [tokenizer.encode(text).ids for text in texts]
-    ids = np.zeros((len(texts), max(map(len, encoded))), "int32")
-    mask = np.zeros(ids.shape, bool)
-    for row, tokens in enumerate(encoded):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = True
-    assert len(set(map(len, encoded))) == len(texts), "lengths must differ"
-    return ids, mask
+@pytest.fixture(scope="module")
+def reference_model(reference):
+    return reference[1]
 
 
 def reference_logits(model, ids, mask):

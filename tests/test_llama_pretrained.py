@@ -9,7 +9,7 @@ under another with `KERAS_BACKEND=torch pytest tests/test_llama_pretrained.py`.
 
 import numpy as np
 import pytest
-from support import TOKENIZER_TEXTS, to_numpy
+from support import TOKENIZER_TEXTS, gguf_reference, right_padded, to_numpy
 
 from keras_selfattn import prompts
 from keras_selfattn.pretrained.gguf import read_gguf
@@ -54,20 +54,19 @@ def ours(contents):
 
 
 @pytest.fixture(scope="module")
-def reference_tokenizer(path):
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(
-        str(path.parent), gguf_file=path.name
-    )
+def reference(path):
+    """transformers' tokenizer and model of the same file, loaded once."""
+    return gguf_reference(path)
 
 
 @pytest.fixture(scope="module")
-def reference_model(path):
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoModelForCausalLM.from_pretrained(
-        str(path.parent), gguf_file=path.name, dtype=torch.float32
-    ).eval()
+def reference_tokenizer(reference):
+    return reference[0]
+
+
+@pytest.fixture(scope="module")
+def reference_model(reference):
+    return reference[1]
 
 
 def chat_prompt(metadata, question):
@@ -76,18 +75,6 @@ def chat_prompt(metadata, question):
         metadata["tokenizer.chat_template"],
         [{"role": "user", "content": question}],
     )
-
-
-def right_padded(tokenizer, texts):
-    """`(ids, mask)`: the texts' ids in one right-padded batch."""
-    encoded = [tokenizer.encode(text).ids for text in texts]
-    ids = np.zeros((len(texts), max(map(len, encoded))), "int32")
-    mask = np.zeros(ids.shape, bool)
-    for row, tokens in enumerate(encoded):
-        ids[row, : len(tokens)] = tokens
-        mask[row, : len(tokens)] = True
-    assert len(set(map(len, encoded))) == len(texts), "lengths must differ"
-    return ids, mask
 
 
 def test_tokenizer_matches_transformers(metadata, ours, reference_tokenizer):
