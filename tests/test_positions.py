@@ -28,6 +28,30 @@ def test_rotary_embedding_matches_keras_hub(shape, kwargs, call):
     np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-5)
 
 
+def test_rotary_angles_reused_only_for_the_same_index():
+    # An index tensor's angles are reused by the next call with the same
+    # tensor (a decoding step's blocks); another tensor, another length or
+    # a torch tensor written in place gets its own. An int start index is
+    # never reused: the oracle.
+    rng = np.random.default_rng(5)
+    layer = ksa.RotaryEmbedding(max_wavelength=100)
+
+    def check(x, index, position):
+        got = layer(x, start_index=index)
+        want = layer(x, start_index=position)
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-6)
+
+    index = keras.ops.convert_to_tensor(3, "int32")
+    check(rand(rng, 1, 1, 2, 8), index, 3)
+    check(rand(rng, 1, 1, 2, 8), index, 3)
+    check(rand(rng, 1, 4, 2, 8), index, 3)
+    check(rand(rng, 1, 1, 2, 8), keras.ops.convert_to_tensor(7, "int32"), 7)
+    if keras.backend.backend() == "torch":
+        check(rand(rng, 1, 1, 2, 8), index, 3)
+        index.add_(2)
+        check(rand(rng, 1, 1, 2, 8), index, 5)
+
+
 @pytest.mark.parametrize("heads, bias_max", [(4, 8), (6, 8), (3, 4)])
 def test_alibi_bias_matches_keras_hub(heads, bias_max):
     scores = rand(np.random.default_rng(1), 2, heads, 5, 9)

@@ -130,6 +130,13 @@ class TransformerBlock(CompositeLayer):
             self.dropout, seed=self.seed, dtype=self.dtype_policy, name=name
         )
 
+    def _drop(self, dropout, x, training):
+        """`dropout(x)`; at rate 0, where it is the identity, `x` as it is
+        (saving a layer call per residual branch when decoding)."""
+        if dropout.rate == 0:
+            return x
+        return dropout(x, training=training)
+
     def _build_feedforward(self, shape):
         """The feed-forward sublayers, in keras-hub's order and names
         (LLaMA's `feedforward_gate_dense` after the intermediate one)."""

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from keras_selfattn._validation import check_positive_float
+from keras_selfattn.ops.compiling import reuse_last
 from keras_selfattn.ops.masks import index_range
 from keras_selfattn.ops.positions import apply_rotary, rotary_cos_sin
 
@@ -103,25 +104,44 @@ class RotaryEmbedding(keras.layers.Layer):
                 f"Received: inputs.shape={tuple(inputs.shape)} (feature "
                 f"axis {self.feature_axis})"
             )
-        inputs = ops.moveaxis(inputs, (sequence, feature), (1, -1))
+        inputs = _move_axes(inputs, (sequence, feature), (1, -1))
+        length, features = ops.shape(inputs)[1], ops.shape(inputs)[-1]
+        rank = len(inputs.shape)
         if positions is None:
-            positions = index_range(ops.shape(inputs)[1], "float32")
-            positions = positions + ops.cast(start_index, "float32")
-        cos, sin = rotary_cos_sin(
-            positions,
-            ops.shape(inputs)[-1],
-            self.max_wavelength,
-            self.scaling_factor,
-        )
-        if len(cos.shape) == 2:  # (L, features) -> (1, L, features)
-            cos, sin = cos[None], sin[None]
-        middle = (1,) * (len(inputs.shape) - 3)
-        cos, sin = (
-            ops.reshape(t, ops.shape(t)[:2] + middle + ops.shape(t)[2:])
-            for t in (cos, sin)
-        )
+            cos, sin = self._angles_from(start_index, length, features, rank)
+        else:
+            cos, sin = _broadcastable(
+                rotary_cos_sin(
+                    positions,
+                    features,
+                    self.max_wavelength,
+                    self.scaling_factor,
+                ),
+                rank,
+            )
         output = apply_rotary(ops.cast(inputs, self.compute_dtype), cos, sin)
-        return ops.moveaxis(output, (1, -1), (sequence, feature))
+        return _move_axes(output, (1, -1), (sequence, feature))
+
+    def _angles_from(self, start_index, length, features, rank):
+        """cos and sin at positions `start_index...` (`_broadcastable` to
+        inputs of `rank`); the queries and keys of every block in a
+        decoding step share them (`reuse_last`)."""
+
+        def angles():
+            positions = index_range(length, "float32")
+            positions = positions + ops.cast(start_index, "float32")
+            return _broadcastable(
+                rotary_cos_sin(
+                    positions,
+                    features,
+                    self.max_wavelength,
+                    self.scaling_factor,
+                ),
+                rank,
+            )
+
+        parts = (start_index, length, features, rank, self.max_wavelength)
+        return reuse_last("rotary", parts + (self.scaling_factor,), angles)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -137,3 +157,26 @@ class RotaryEmbedding(keras.layers.Layer):
             }
         )
         return config
+
+
+def _broadcastable(angles, rank):
+    """cos and sin `(L, features)` or `(B, L, features)` reshaped to
+    broadcast against `(B, L, ..., features)` inputs of `rank`."""
+    cos, sin = angles
+    if len(cos.shape) == 2:  # (L, features) -> (1, L, features)
+        cos, sin = cos[None], sin[None]
+    middle = (1,) * (rank - 3)
+    if not middle:
+        return cos, sin
+    return tuple(
+        ops.reshape(t, ops.shape(t)[:2] + middle + ops.shape(t)[2:])
+        for t in (cos, sin)
+    )
+
+
+def _move_axes(tensor, source, destination):
+    """`ops.moveaxis`, skipped where the axes are already in place."""
+    rank = len(tensor.shape)
+    if [a % rank for a in source] == [a % rank for a in destination]:
+        return tensor
+    return ops.moveaxis(tensor, source, destination)

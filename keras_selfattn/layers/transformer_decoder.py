@@ -332,7 +332,7 @@ class TransformerDecoder(TransformerBlock):
         cache = None
         if returns_cache:
             x, cache = x
-        x = residual + dropout(x, training=training)
+        x = residual + self._drop(dropout, x, training)
         if not self.normalize_first:
             x = norm(x)
         return x, cache

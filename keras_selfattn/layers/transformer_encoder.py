@@ -170,7 +170,7 @@ class TransformerEncoder(TransformerBlock):
         )
         if return_attention_scores:
             x, scores = x
-        x = residual + self.self_attention_dropout(x, training=training)
+        x = residual + self._drop(self.self_attention_dropout, x, training)
         if not self.norm_first:
             x = self.self_attention_layer_norm(x)
 
@@ -178,7 +178,7 @@ class TransformerEncoder(TransformerBlock):
         if self.norm_first:
             x = self.feedforward_layer_norm(x)
         x = self._feedforward(x)
-        x = residual + self.feedforward_dropout(x, training=training)
+        x = residual + self._drop(self.feedforward_dropout, x, training)
         if not self.norm_first:
             x = self.feedforward_layer_norm(x)
         if return_attention_scores:

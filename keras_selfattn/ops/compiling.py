@@ -24,6 +24,105 @@ def is_eager(tensor):
     return False
 
 
+def concrete_key(value):
+    """A hashable key that stands for the tensor `value` while it cannot
+    change, or None where it cannot serve as one (a traced or symbolic
+    value, a variable, not a tensor).
+
+    A concrete JAX array or eager TensorFlow tensor (both immutable) is
+    known by its identity; a torch tensor with data (not on the "meta"
+    device of Keras' shape inference), outside `torch.compile`, by its
+    identity and its version counter (which in-place writes advance).
+    The key holds `value`, so its identity is not reused while the key
+    lives.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        if (
+            not isinstance(value, torch.Tensor)
+            or value.device.type == "meta"
+            or torch.compiler.is_compiling()
+        ):
+            return None
+        return (_Identity(value), value._version)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if not (tf.executing_eagerly() and isinstance(value, tf.Tensor)):
+            return None
+        return (_Identity(value),)
+    import jax
+
+    if not isinstance(value, jax.Array) or isinstance(value, jax.core.Tracer):
+        return None
+    return (_Identity(value),)
+
+
+# The last result of each `reuse_last` name: `name -> (key, result)`.
+_last_results = {}
+
+
+def reuse_last(name, parts, compute):
+    """`compute()`, or the result it gave the last call of `name` with
+    the same `parts`: Python values (ints, floats, strings, bools, None)
+    and at least one concrete tensor (`concrete_key`). The blocks of one
+    decoding step all compute the same positions, rotations and masks
+    from the same index tensor; eager calls then compute them once per
+    step. With a traced part or result, or no tensor among the parts
+    (which cannot tell an eager call from a traced one), nothing is
+    reused or kept.
+
+    Example:
+
+    >>> calls = []
+    >>> def compute():
+    ...     calls.append(1)
+    ...     return 2 * index
+    >>> index = keras.ops.convert_to_tensor(21)
+    >>> int(reuse_last("example", (index, "a"), compute)), len(calls)
+    (42, 1)
+    >>> int(reuse_last("example", (index, "a"), compute)), len(calls)
+    (42, 1)
+    """
+    key, tensors = [], 0
+    for part in parts:
+        if part is None or isinstance(part, (bool, int, float, str)):
+            key.append(part)
+            continue
+        part_key = concrete_key(part)
+        if part_key is None:
+            return compute()
+        key.append(part_key)
+        tensors += 1
+    if not tensors:
+        return compute()
+    key = tuple(key)
+    last = _last_results.get(name)
+    if last is not None and last[0] == key:
+        return last[1]
+    result = compute()
+    if all(concrete_key(value) for value in keras.tree.flatten(result)):
+        _last_results[name] = (key, result)
+    return result
+
+
+class _Identity:
+    """Compares (and hashes) as the identity of the object it holds."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Identity) and other.value is self.value
+
+    def __hash__(self):
+        return id(self.value)
+
+
 def compile_function(
     function,
     static_argnames=(),

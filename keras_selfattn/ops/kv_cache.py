@@ -20,7 +20,11 @@ import keras
 from keras import ops
 
 from keras_selfattn.ops.attention import PATHS, AttentionProblem
-from keras_selfattn.ops.compiling import compile_function, is_eager
+from keras_selfattn.ops.compiling import (
+    compile_function,
+    is_eager,
+    reuse_last,
+)
 from keras_selfattn.ops.einsum import einsum_in_parts
 from keras_selfattn.ops.fused import torch_compiling
 from keras_selfattn.ops.masks import index_range
@@ -243,13 +247,19 @@ def _attend_cache(
     length = cached[0].shape[1]
     count = None if index is None else ops.shape(keys)[1]
     start = 0 if index is None else index
-    positions = key_positions(length, index, count, ring)
-    mask = cache_mask(
-        start + index_range(ops.shape(queries)[1]),
-        positions,
-        use_causal_mask,
-        sliding_window,
-    )[None, None]
+    query_length = ops.shape(queries)[1]
+
+    def positions_mask():
+        return cache_mask(
+            start + index_range(query_length),
+            key_positions(length, index, count, ring),
+            use_causal_mask,
+            sliding_window,
+        )[None, None]
+
+    # Every block of a decoding step masks the same positions.
+    parts = (length, index, count, ring, query_length, use_causal_mask)
+    mask = reuse_last("cache_mask", parts + (sliding_window,), positions_mask)
     if attention_mask is not None:
         attention_mask = slot_mask_to_keys(attention_mask, index, count)
         mask = ops.logical_and(mask, attention_mask[:, None])
