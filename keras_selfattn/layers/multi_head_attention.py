@@ -25,7 +25,6 @@ from keras_selfattn.layers.rotary_embedding import RotaryEmbedding
 from keras_selfattn.ops.attention import (
     AttentionProblem,
     attention_core,
-    decode_implementation,
 )
 from keras_selfattn.ops.checks import check_float_input, check_mask
 from keras_selfattn.ops.kv_cache import (
@@ -560,7 +559,7 @@ class MultiHeadAttention(CompositeLayer):
             cache,
             cache_update_index,
             ring,
-            decode_implementation(self.implementation, self.flash_attention),
+            self.implementation,
             use_causal_mask=use_causal_mask,
             attention_mask=attention_mask,
             scale=1.0 / float(self.key_dim) ** 0.5,

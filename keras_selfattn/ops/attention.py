@@ -299,7 +299,7 @@ def attention_core(problem, implementation="auto"):
     >>> tuple(out.shape)
     (1, 2, 1, 4)
     """
-    output, probabilities = PATHS[_path_for(implementation, problem)].run(
+    output, probabilities = PATHS[path_for(implementation, problem)].run(
         problem
     )
     if problem.return_attention_scores:
@@ -458,7 +458,7 @@ def _resolve(
     return choice
 
 
-def _path_for(implementation, problem):
+def path_for(implementation, problem):
     """The name of the path that runs `problem` (checked where it was
     made): what the problem needs, and whether it is traced with a size
     (batch, lengths) known only at run time or by torch's compiler."""

@@ -19,7 +19,12 @@ import functools
 import keras
 from keras import ops
 
-from keras_selfattn.ops.attention import PATHS, AttentionProblem
+from keras_selfattn.ops.attention import (
+    PATHS,
+    AttentionProblem,
+    decode_implementation,
+    path_for,
+)
 from keras_selfattn.ops.compiling import (
     compile_function,
     is_eager,
@@ -180,7 +185,11 @@ def cached_attention(
     slots as they were and the new keys (positions: `key_positions`), in
     two parts (`einsum_in_parts`) or, on the other paths, concatenated:
     never over the cache just written, which would cost one more copy of
-    it. The queries sit at positions `index...`; the mask comes from the
+    it. Where the index is known now (`_visible_slots`) only the slots
+    before it are read, and a call writing at 0 (a prefill) is the full
+    pass's attention over its own keys, on the path `implementation`
+    picks for that (`path_for`); else `"auto"` is `decode_implementation`'s
+    choice. The queries sit at positions `index...`; the mask comes from the
     positions (`cache_mask`) and `attention_mask` (`(B, T, S)` over a
     linear cache's slots). `problem` holds the other `AttentionProblem`
     fields (`attention_bias` over the keys of `key_positions`). The
@@ -244,6 +253,22 @@ def _attend_cache(
     attention_mask,
     **problem,
 ):
+    visible = _visible_slots(index, ring, attention_mask, problem)
+    if visible == 0:  # nothing written before: the full pass's problem
+        problem = AttentionProblem(
+            queries,
+            keys,
+            values,
+            is_causal=use_causal_mask,
+            sliding_window=sliding_window,
+            **problem,
+        )
+        return PATHS[path_for(implementation, problem)].run(problem)
+    if visible is not None:  # the slots before a known index
+        cached = (cached[0][:, :visible], cached[1][:, :visible])
+    implementation = decode_implementation(
+        implementation, problem.get("flash_attention")
+    )
     length = cached[0].shape[1]
     count = None if index is None else ops.shape(keys)[1]
     start = 0 if index is None else index
@@ -281,6 +306,24 @@ def _attend_cache(
             probabilities, length, index, count, ring
         )
     return output, probabilities
+
+
+def _visible_slots(index, ring, attention_mask, problem):
+    """How many leading slots of a linear cache a call writing at `index`
+    can see, where that is known now (`static_index`: a prefill from a
+    Python int, an eager torch step): the slots before `index`, as the
+    others are unwritten or about to be overwritten. None where the call
+    must attend over every slot: a traced index, a ring, a mask or bias
+    over the slots, or probabilities to return by slot."""
+    if (
+        index is None
+        or ring
+        or attention_mask is not None
+        or problem.get("attention_bias") is not None
+        or problem.get("return_attention_scores")
+    ):
+        return None
+    return static_index(index)
 
 
 def _probabilities_by_slot(probabilities, length, index, count, ring):
