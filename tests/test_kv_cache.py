@@ -130,6 +130,29 @@ def test_cached_decoding_equals_full_pass(name):
         )
 
 
+@pytest.mark.parametrize("name", ["plain", "window", "grouped_rotary_window"])
+def test_chunk_after_steps_equals_full_pass(name):
+    """Prefill, single steps, then several positions in one call (their
+    causal mask at an offset) on a linear cache longer than any window."""
+    layer = ksa.MultiHeadAttention(HEADS, HEAD_DIM, **OPTIONS[name])
+    x = rand(np.random.default_rng(4), BATCH, LENGTH, WIDTH)
+    full = to_numpy(layer(x, use_causal_mask=True))
+    kv_heads = layer.attention_config.kv_heads
+    cache = ops.zeros((BATCH, 2, LENGTH + 3, kv_heads, HEAD_DIM))
+    outputs = []
+    for start, stop in ((0, 3), (3, 4), (4, 5), (5, LENGTH)):
+        index = ops.convert_to_tensor(start, "int32") if start else start
+        output, cache = layer(
+            x[:, start:stop],
+            use_causal_mask=True,
+            cache=cache,
+            cache_update_index=index,
+        )
+        outputs.append(to_numpy(output))
+    got = np.concatenate(outputs, axis=1)
+    np.testing.assert_allclose(got, full, atol=1e-5)
+
+
 def test_ring_prefill_longer_than_window():
     """A prompt longer than the ring is attended whole, and the ring keeps
     its last `sliding_window` positions."""

@@ -28,7 +28,6 @@ from keras_selfattn.ops.attention import (
 from keras_selfattn.ops.compiling import (
     compile_function,
     is_eager,
-    reuse_last,
 )
 from keras_selfattn.ops.einsum import einsum_in_parts
 from keras_selfattn.ops.fused import torch_compiling
@@ -185,11 +184,11 @@ def cached_attention(
     slots as they were and the new keys (positions: `key_positions`), in
     two parts (`einsum_in_parts`) or, on the other paths, concatenated:
     never over the cache just written, which would cost one more copy of
-    it. Where the index is known now (`_visible_slots`) only the slots
-    before it are read, and a call writing at 0 (a prefill) is the full
-    pass's attention over its own keys, on the path `implementation`
-    picks for that (`path_for`); else `"auto"` is `decode_implementation`'s
-    choice. The queries sit at positions `index...`; the mask comes from the
+    it (`"auto"`: `decode_implementation`'s path). A causal call whose
+    index is known now (`_known_index`) attends over the written cache's
+    slots up to its last position instead (`_attend_written`), which
+    costs no copy there. The queries sit at positions `index...`; the
+    mask comes from the
     positions (`cache_mask`) and `attention_mask` (`(B, T, S)` over a
     linear cache's slots). `problem` holds the other `AttentionProblem`
     fields (`attention_bias` over the keys of `key_positions`). The
@@ -204,6 +203,20 @@ def cached_attention(
     traced, dropout) does.
     """
     write, attend = _write_and_split, _attend_cache
+    known = _known_index(index, ring, use_causal_mask, attention_mask, problem)
+    if known is not None and not is_eager(queries):
+        cache = write_cache(cache, keys, values, index, ring)
+        result = _attend_written(
+            queries,
+            keys,
+            values,
+            cache,
+            known,
+            implementation,
+            sliding_window,
+            problem,
+        )
+        return result, cache
     if not problem.get("dropout_rate") and is_eager(queries):
         write, attend = _compiled(keras.backend.backend())
         # No dropout: no seed generator in the trace; one trace for every
@@ -253,19 +266,6 @@ def _attend_cache(
     attention_mask,
     **problem,
 ):
-    visible = _visible_slots(index, ring, attention_mask, problem)
-    if visible == 0:  # nothing written before: the full pass's problem
-        problem = AttentionProblem(
-            queries,
-            keys,
-            values,
-            is_causal=use_causal_mask,
-            sliding_window=sliding_window,
-            **problem,
-        )
-        return PATHS[path_for(implementation, problem)].run(problem)
-    if visible is not None:  # the slots before a known index
-        cached = (cached[0][:, :visible], cached[1][:, :visible])
     implementation = decode_implementation(
         implementation, problem.get("flash_attention")
     )
@@ -273,18 +273,12 @@ def _attend_cache(
     count = None if index is None else ops.shape(keys)[1]
     start = 0 if index is None else index
     query_length = ops.shape(queries)[1]
-
-    def positions_mask():
-        return cache_mask(
-            start + index_range(query_length),
-            key_positions(length, index, count, ring),
-            use_causal_mask,
-            sliding_window,
-        )[None, None]
-
-    # Every block of a decoding step masks the same positions.
-    parts = (length, index, count, ring, query_length, use_causal_mask)
-    mask = reuse_last("cache_mask", parts + (sliding_window,), positions_mask)
+    mask = cache_mask(
+        start + index_range(query_length),
+        key_positions(length, index, count, ring),
+        use_causal_mask,
+        sliding_window,
+    )[None, None]
     if attention_mask is not None:
         attention_mask = slot_mask_to_keys(attention_mask, index, count)
         mask = ops.logical_and(mask, attention_mask[:, None])
@@ -308,22 +302,61 @@ def _attend_cache(
     return output, probabilities
 
 
-def _visible_slots(index, ring, attention_mask, problem):
-    """How many leading slots of a linear cache a call writing at `index`
-    can see, where that is known now (`static_index`: a prefill from a
-    Python int, an eager torch step): the slots before `index`, as the
-    others are unwritten or about to be overwritten. None where the call
-    must attend over every slot: a traced index, a ring, a mask or bias
-    over the slots, or probabilities to return by slot."""
+def _known_index(index, ring, use_causal_mask, attention_mask, problem):
+    """The index of a causal call on a linear cache as an int where it is
+    known now (`static_index`: a prefill from a Python int, an eager torch
+    step), for `_attend_written`; None where the call needs the general
+    path: a traced index, a ring, a non-causal call (it sees every slot),
+    a mask or bias over the slots, or probabilities to return by slot."""
     if (
         index is None
         or ring
+        or not use_causal_mask
         or attention_mask is not None
         or problem.get("attention_bias") is not None
         or problem.get("return_attention_scores")
     ):
         return None
     return static_index(index)
+
+
+def _attend_written(
+    queries, keys, values, cache, start, implementation, sliding_window, problem
+):
+    """A causal call at a known `start` on a linear `cache` just written:
+    the queries attend over its slots up to their last position (a view,
+    no copy), the positions a window hides left out. At `start` 0 (a
+    prefill) it is the full pass's attention over the new keys alone, on
+    the path `implementation` picks for it (`path_for`)."""
+    count = ops.shape(keys)[1]
+    if start == 0:
+        problem = AttentionProblem(
+            queries,
+            keys,
+            values,
+            is_causal=True,
+            sliding_window=sliding_window,
+            **problem,
+        )
+        return PATHS[path_for(implementation, problem)].run(problem)
+    end, first, mask = start + count, 0, None
+    if count == 1 and sliding_window is not None:  # the window's keys only
+        first = max(0, end - sliding_window)
+    elif count > 1 or sliding_window is not None:
+        mask = cache_mask(
+            start + index_range(count), index_range(end), True, sliding_window
+        )
+    problem = AttentionProblem(
+        queries,
+        cache[:, 0, first:end],
+        cache[:, 1, first:end],
+        mask=mask,
+        **problem,
+    )
+    implementation = decode_implementation(
+        implementation, problem.flash_attention
+    )
+    return PATHS[implementation].run(problem)
 
 
 def _probabilities_by_slot(probabilities, length, index, count, ring):
