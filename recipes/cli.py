@@ -5,7 +5,13 @@ depend on the mode (`--smoke`, `--init`), and the three commands (train,
 import argparse
 from pathlib import Path
 
-from recipes import distributed, exporting, predict_command, reporting
+from recipes import (
+    distributed,
+    exporting,
+    precision,
+    predict_command,
+    reporting,
+)
 
 # `--lora`'s learning rate unless one is given: adapters need a larger one
 # than full fine-tuning (README, NER).
@@ -121,6 +127,15 @@ def add_training_options(parser, modes, model_size):
         )
     parser.add_argument(
         "--learning-rate", type=float, help=note("learning_rate")
+    )
+    parser.add_argument(
+        "--precision",
+        choices=precision.CHOICES,
+        default="auto",
+        help="compute dtype: bfloat16 (mixed, variables float32) or "
+        "float32; auto takes bfloat16 only where the CPU multiplies in it "
+        "natively and the backend uses it (see recipes/precision.py). "
+        "Default auto; metrics.json records the choice",
     )
     for name, default in model_size.items():
         parser.add_argument(

@@ -21,9 +21,15 @@ Data: the 50,000 IMDB reviews (Maas et al. 2011) split 25,000 test /
 Text goes through a WordPiece tokenizer trained on the training split only
 (Hugging Face `tokenizers`); reviews longer than `--max-length` tokens keep
 their head and tail. Model: token + position embeddings, Transformer
-encoder blocks, masked mean pooling, a logistic output. Batches are padded
+encoder blocks, masked mean pooling and a score, plus a linear score of
+the hashed token unigrams and bigrams (`recipes/ngrams.py`;
+`--no-ngram-branch` leaves it out), a logistic output. Batches are padded
 to length buckets, so compiled programs are reused and short reviews cost
-little.
+little. The run also fits a TF-IDF + logistic regression baseline on the
+same split and prints both scores side by side (`--no-baseline` skips
+it). `--precision auto|float32|bfloat16` sets the compute dtype
+(`recipes/precision.py`; auto: bfloat16 only where the CPU and backend
+multiply in it natively).
 
 `--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
 pretrained encoder with its own tokenizer instead. On a CPU that costs
@@ -48,6 +54,7 @@ if __name__ == "__main__":  # `predict --artifact` imports no Keras
 
     deploy.serve_if_requested("runs/sentiment", reviews.label_reviews)
 
+import argparse
 from pathlib import Path
 
 import keras
@@ -57,10 +64,12 @@ import keras_selfattn as ksa
 from keras_selfattn import text
 from keras_selfattn.downloads import resolve_cache_dir
 from recipes import (
+    baseline,
     batching,
     cli,
     data,
     explaining,
+    ngrams,
     predict_command,
     reviews,
     splitting,
@@ -183,6 +192,20 @@ def parse_args(argv=None):
         default=0.1,
         help="fraction of training reviews replaced by short random windows",
     )
+    parser.add_argument(
+        "--ngram-branch",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="add a linear score of the hashed token unigrams and bigrams "
+        "to the encoder's (wide and deep; recipes/ngrams.py). Default on",
+    )
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fit and score the TF-IDF + logistic regression "
+        "baseline on the same split (recipes/baseline.py). Default on",
+    )
     return cli.parse_args(parser, argv, MODES)
 
 
@@ -249,7 +272,8 @@ def short_crops(fraction, cls_id, sep_id, shortest=4, longest=40):
 
 
 def build_model(args, vocab_size, encoder=None):
-    """Encoder -> masked mean pooling -> logistic output. The encoder is
+    """Encoder -> masked mean pooling -> a score, plus (`--ngram-branch`)
+    the n-gram bag's linear score -> logistic output. The encoder is
     `encoder` (pretrained, `--init`) or blocks trained from scratch."""
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     if encoder is None:
@@ -261,7 +285,13 @@ def build_model(args, vocab_size, encoder=None):
             x, mask=padding_mask
         )
     x = keras.layers.Dropout(args.dropout, name="pool_dropout")(x)
-    probability = keras.layers.Dense(1, "sigmoid", name="positive")(x)
+    if not args.ngram_branch:
+        probability = keras.layers.Dense(1, "sigmoid", name="positive")(x)
+        return keras.Model(token_ids, probability, name="sentiment")
+    score = keras.layers.Dense(1, name="encoder_score")(x)
+    wide = ngrams.NgramScore(vocab_size, dtype="float32", name="ngram_score")
+    score = keras.layers.Add(name="score")([score, wide(token_ids)])
+    probability = keras.layers.Activation("sigmoid", name="positive")(score)
     return keras.Model(token_ids, probability, name="sentiment")
 
 
@@ -305,6 +335,9 @@ def train(args):
     with run.phase("evaluate"):
         test_rows = len(encoded["test"][1])
         scores = evaluate(model, batches["test"], test_rows, tokenizer, args)
+    if args.baseline:
+        with run.phase("baseline"):
+            scores["baseline"] = fit_baseline(splits, scores)
 
     run.save(model, encoded["test"][0][:64])
     metrics = run.finish(
@@ -390,6 +423,27 @@ def evaluate(model, test_batches, test_rows, tokenizer, args):
         "test_loss": float(test_loss),
         "short_review_accuracy": float(short_accuracy),
     }
+
+
+def fit_baseline(splits, scores):
+    """The TF-IDF + logistic regression baseline on the same splits,
+    printed beside the model's `scores`."""
+    short = (
+        [review for review, _ in SHORT_REVIEWS],
+        np.array([label for _, label in SHORT_REVIEWS]),
+    )
+    result = baseline.linear_baseline(splits, {"short_review": short})
+    print(
+        f"{'':28}{'this model':>12}{'TF-IDF + LR':>13}\n"
+        f"{'test accuracy':28}{scores['test_accuracy']:>12.4f}"
+        f"{result['test_accuracy']:>13.4f}\n"
+        f"{'short one-sentence reviews':28}"
+        f"{scores['short_review_accuracy']:>12.0%}"
+        f"{result['short_review_accuracy']:>13.0%}\n"
+        f"(baseline: word 1-2-grams, C={result['C']}, "
+        f"{result['seconds']:.0f} s)"
+    )
+    return result
 
 
 def short_review_accuracy(model, tokenizer, args):

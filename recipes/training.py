@@ -31,7 +31,14 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import distribution, lora, pretrained, text
 from keras_selfattn.downloads import atomic_write
-from recipes import BACKEND_NOTE, batching, distributed, exporting, reporting
+from recipes import (
+    BACKEND_NOTE,
+    batching,
+    distributed,
+    exporting,
+    precision,
+    reporting,
+)
 
 
 # Rows a batch of torch's ONNX artifacts, whose shape is fixed.
@@ -55,6 +62,10 @@ class Run:
         self.history = None
         print(BACKEND_NOTE)
         print(f"settings: {vars(args)}")
+        self.precision, reason = precision.resolve(args.precision)
+        precision.apply(self.precision)
+        print(f"precision: {self.precision} ({reason})")
+        self.precision_reason = reason
         distributed.start(args)
 
     def phase(self, name):
@@ -188,6 +199,10 @@ class Run:
             "phase_seconds": self.timer.seconds,
             "epochs_run": len(self.history["loss"]),
             "backend": keras.backend.backend(),
+            "precision": {
+                "used": self.precision,
+                "reason": self.precision_reason,
+            },
             "settings": vars(self.args),
         }
         reporting.write_json(metrics, self.out / "metrics.json")

@@ -12,7 +12,42 @@ import numpy as np
 import pytest
 
 from keras_selfattn.downloads import atomic_write
-from recipes import batching, ner, sentiment, training
+from recipes import batching, ner, ngrams, precision, sentiment, training
+
+
+def test_ngram_score_sums_unigram_and_bigram_weights():
+    # NumPy oracle: each row's unigrams and bigrams (none touching
+    # padding), hashed as documented, their weights summed / sqrt(count).
+    vocab, buckets = 50, 997
+    layer = ngrams.NgramScore(vocab, buckets, learning_rate_scale=3.0)
+    layer.build()
+    table = np.random.default_rng(0).normal(size=buckets).astype("float32")
+    layer.table.assign(table)
+    layer.bias.assign(0.5)
+    ids = np.array([[4, 9, 9, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    want = []
+    for row in ids:
+        tokens = [int(t) for t in row if t]
+        grams = tokens + [
+            (a * vocab + b) % buckets for a, b in zip(tokens, tokens[1:])
+        ]
+        want.append(3.0 * (table[grams].sum() / np.sqrt(len(grams)) + 0.5))
+    got = keras.ops.convert_to_numpy(layer(ids))[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_ngram_score_refuses_a_vocabulary_its_bigrams_overflow():
+    with pytest.raises(ValueError, match="vocab_size=50000"):
+        ngrams.NgramScore(50000)
+
+
+def test_precision_auto_needs_the_cpu_flag_and_a_backend_using_it():
+    assert precision.resolve("auto", "torch", {"amx_bf16"})[0] == "bfloat16"
+    assert precision.resolve("auto", "torch", {"avx2"})[0] == "float32"
+    assert precision.resolve("auto", "jax", {"avx512_bf16"})[0] == "float32"
+    assert precision.resolve("bfloat16", "jax", set())[0] == "bfloat16"
+    with pytest.raises(ValueError, match="'half'"):
+        precision.resolve("half")
 
 
 def test_bucket_lengths():

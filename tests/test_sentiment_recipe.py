@@ -101,6 +101,11 @@ def test_smoke_run_writes_everything(trained):
     assert reload_difference(stdout) < 1e-6
     # The cue words decide the label: even a smoke run learns them.
     assert metrics["test_accuracy"] >= 0.9, metrics["test_accuracy"]
+    # The baseline on the same split, printed beside the model's score.
+    assert metrics["baseline"]["test_accuracy"] >= 0.9, metrics["baseline"]
+    assert "TF-IDF + LR" in stdout
+    assert metrics["precision"]["used"] in ("float32", "bfloat16")
+    assert metrics["settings"]["precision"] == "auto"
 
 
 PREDICT_TEXTS = ["a wonderful and superb film", "boring and awful plot"]
