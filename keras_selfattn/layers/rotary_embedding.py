@@ -110,15 +110,7 @@ class RotaryEmbedding(keras.layers.Layer):
         if positions is None:
             cos, sin = self._angles_from(start_index, length, features, rank)
         else:
-            cos, sin = _broadcastable(
-                rotary_cos_sin(
-                    positions,
-                    features,
-                    self.max_wavelength,
-                    self.scaling_factor,
-                ),
-                rank,
-            )
+            cos, sin = self._angles_at(positions, features, rank)
         output = apply_rotary(ops.cast(inputs, self.compute_dtype), cos, sin)
         return _move_axes(output, (1, -1), (sequence, feature))
 
@@ -130,18 +122,17 @@ class RotaryEmbedding(keras.layers.Layer):
         def angles():
             positions = index_range(length, "float32")
             positions = positions + ops.cast(start_index, "float32")
-            return _broadcastable(
-                rotary_cos_sin(
-                    positions,
-                    features,
-                    self.max_wavelength,
-                    self.scaling_factor,
-                ),
-                rank,
-            )
+            return self._angles_at(positions, features, rank)
 
         parts = (start_index, length, features, rank, self.max_wavelength)
         return reuse_last("rotary", parts + (self.scaling_factor,), angles)
+
+    def _angles_at(self, positions, features, rank):
+        """cos and sin at `positions`, `_broadcastable` to `rank`."""
+        angles = rotary_cos_sin(
+            positions, features, self.max_wavelength, self.scaling_factor
+        )
+        return _broadcastable(angles, rank)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
