@@ -81,7 +81,11 @@ class NgramScore(keras.layers.Layer):
         ids = ops.cast(token_ids, "int32")
         present = ops.cast(ids != 0, "float32")
         bigrams = ids[:, :-1] * self.vocab_size + ids[:, 1:]
-        bigrams = ops.mod(bigrams, self.buckets)
+        # The remainder from a floor division: jax2onnx cannot export a
+        # `mod` over a dynamic batch axis.
+        bigrams = bigrams - ops.floor_divide(bigrams, self.buckets) * (
+            self.buckets
+        )
         grams = ops.concatenate([ids, bigrams], axis=1)
         counted = ops.concatenate(
             [present, present[:, :-1] * present[:, 1:]], axis=1

@@ -1,6 +1,6 @@
 """Train an IMDB sentiment classifier from keras-selfattn layers.
 
-    python recipes/sentiment.py                    # full run (~6 min, 2-core CPU)
+    python recipes/sentiment.py                    # full run (~6 min, CPU)
     python recipes/sentiment.py --smoke            # whole path, tiny slice
     python recipes/sentiment.py --init all-MiniLM-L6-v2  # fine-tune MiniLM
     python recipes/sentiment.py --data my.csv --text-column review \\
