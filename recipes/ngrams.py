@@ -80,18 +80,22 @@ class NgramScore(keras.layers.Layer):
     def call(self, token_ids):
         ids = ops.cast(token_ids, "int32")
         present = ops.cast(ids != 0, "float32")
-        bigrams = ids[:, :-1] * self.vocab_size + ids[:, 1:]
+        # Each position's bigram with the next token, the last one padding:
+        # every tensor keeps the `(B, L)` shape (jax2onnx mislabels the
+        # lengths of a slice and a concatenation of unequal ones).
+        following = ops.roll(ids, -1, axis=1)
+        following = ops.where(_is_last(ids), 0, following)
+        bigrams = ids * self.vocab_size + following
         # The remainder from a floor division: jax2onnx cannot export a
         # `mod` over a dynamic batch axis.
         bigrams = bigrams - ops.floor_divide(bigrams, self.buckets) * (
             self.buckets
         )
-        grams = ops.concatenate([ids, bigrams], axis=1)
-        counted = ops.concatenate(
-            [present, present[:, :-1] * present[:, 1:]], axis=1
-        )
-        weights = ops.take(self.table, grams) * counted
-        count = ops.maximum(ops.sum(counted, axis=1, keepdims=True), 1.0)
+        paired = present * ops.cast(following != 0, "float32")
+        weights = ops.take(self.table, ids) * present
+        weights = weights + ops.take(self.table, bigrams) * paired
+        count = ops.sum(present, axis=1, keepdims=True)
+        count = ops.maximum(count + ops.sum(paired, axis=1, keepdims=True), 1.0)
         total = ops.sum(weights, axis=1, keepdims=True)
         score = total / ops.sqrt(count) + self.bias
         return score * self.learning_rate_scale
@@ -109,3 +113,9 @@ class NgramScore(keras.layers.Layer):
             }
         )
         return config
+
+
+def _is_last(ids):
+    """True at each row's last position, `(1, L)`."""
+    positions = ops.cumsum(ops.ones_like(ids[:1]), axis=1)
+    return positions == ops.shape(ids)[1]
