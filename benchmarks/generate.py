@@ -908,6 +908,19 @@ def _ratio(ours, theirs, invert=False):
     return f"{(theirs / ours) if invert else (ours / theirs):.2f}"
 
 
+def _ratios_cell(timings, config, other, length, prefill):
+    """ "decode, prefill": `config`'s speed over `other`'s (prefill: the
+    inverse time ratio), at prompt `length`."""
+    decode = _ratio(
+        _get(timings, config, length, "decode_tok_s"),
+        _get(timings, other, length, "decode_tok_s"),
+    )
+    prefill = _ratio(
+        prefill, _get(timings, other, length, "prefill_s"), invert=True
+    )
+    return f"{decode}, {prefill}"
+
+
 def print_table(
     args, configs, failed, timings, perplexities, memory, with_transformers
 ):
@@ -961,31 +974,11 @@ def print_table(
             hub_cell = tf_cell = "-"
             if name == "ours":
                 hub = ("keras-hub", precision)
-                hub_cell = (
-                    _ratio(
-                        _get(timings, config, length, "decode_tok_s"),
-                        _get(timings, hub, length, "decode_tok_s"),
-                    )
-                    + ", "
-                    + _ratio(
-                        prefill,
-                        _get(timings, hub, length, "prefill_s"),
-                        invert=True,
-                    )
-                )
+                hub_cell = _ratios_cell(timings, config, hub, length, prefill)
                 if with_transformers:
                     tf32 = ("transformers", "float32")
-                    tf_cell = (
-                        _ratio(
-                            _get(timings, config, length, "decode_tok_s"),
-                            _get(timings, tf32, length, "decode_tok_s"),
-                        )
-                        + ", "
-                        + _ratio(
-                            prefill,
-                            _get(timings, tf32, length, "prefill_s"),
-                            invert=True,
-                        )
+                    tf_cell = _ratios_cell(
+                        timings, config, tf32, length, prefill
                     )
             print(
                 f"| {name} | {precision} | {length} | {decode_text} "

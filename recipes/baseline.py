@@ -60,6 +60,21 @@ def linear_baseline(splits, extra=None):
     return scores
 
 
+def side_by_side(scores, result):
+    """The model's `scores` and the baseline's `result` as a small table:
+    test accuracy and accuracy on the short reviews."""
+    return (
+        f"{'':28}{'this model':>12}{'TF-IDF + LR':>13}\n"
+        f"{'test accuracy':28}{scores['test_accuracy']:>12.4f}"
+        f"{result['test_accuracy']:>13.4f}\n"
+        f"{'short one-sentence reviews':28}"
+        f"{scores['short_review_accuracy']:>12.0%}"
+        f"{result['short_review_accuracy']:>13.0%}\n"
+        f"(baseline: word 1-2-grams, C={result['C']}, "
+        f"{result['seconds']:.0f} s)"
+    )
+
+
 def _clean(review):
     """Lowercased, IMDB's `<br />` line breaks as spaces."""
     return review.replace("<br />", " ").lower()

@@ -1,8 +1,42 @@
 """The sentiment recipe's reviews, with no Keras: their token ids (in
-training, `predict` and `predict --artifact` alike) and the line
-`predict` prints for each."""
+training, `predict` and `predict --artifact` alike), the line `predict`
+prints for each, and the short reviews every run is checked on."""
+
+import numpy as np
 
 from keras_selfattn import text
+
+# One-sentence reviews written for the sentiment recipe: what people type
+# into `predict`. The model (and the baseline) are checked on them after
+# training.
+SHORT_REVIEWS = [
+    ("A wonderful film, I loved every minute of it.", 1),
+    ("Brilliant acting and a moving story.", 1),
+    ("One of the best movies I have seen this year.", 1),
+    ("Funny, smart and beautifully shot.", 1),
+    ("I would happily watch it again.", 1),
+    ("A masterpiece.", 1),
+    ("Great cast, great script, great fun.", 1),
+    ("The soundtrack is superb and the ending made me cry.", 1),
+    ("Highly recommended for the whole family.", 1),
+    ("Charming and heartfelt from start to finish.", 1),
+    ("A boring, predictable mess.", 0),
+    ("Terrible acting and an awful script.", 0),
+    ("I walked out after half an hour.", 0),
+    ("The worst movie I have ever seen.", 0),
+    ("Two hours of my life I will never get back.", 0),
+    ("Dull, slow and completely pointless.", 0),
+    ("Avoid this one.", 0),
+    ("The plot makes no sense and the jokes fall flat.", 0),
+    ("A waste of a talented cast.", 0),
+    ("Painfully bad from the first scene.", 0),
+]
+
+
+def short_reviews():
+    """`(texts, labels)` of `SHORT_REVIEWS`, the labels an int array."""
+    texts = [review for review, _ in SHORT_REVIEWS]
+    return texts, np.array([label for _, label in SHORT_REVIEWS])
 
 
 def encode_reviews(tokenizer, texts, max_length, cache_dir=None):

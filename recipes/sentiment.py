@@ -78,31 +78,6 @@ from recipes import (
 
 LABEL_NAMES = ("negative", "positive")
 
-# One-sentence reviews written for this recipe: what people type into
-# `predict`. The model is checked on them after training.
-SHORT_REVIEWS = [
-    ("A wonderful film, I loved every minute of it.", 1),
-    ("Brilliant acting and a moving story.", 1),
-    ("One of the best movies I have seen this year.", 1),
-    ("Funny, smart and beautifully shot.", 1),
-    ("I would happily watch it again.", 1),
-    ("A masterpiece.", 1),
-    ("Great cast, great script, great fun.", 1),
-    ("The soundtrack is superb and the ending made me cry.", 1),
-    ("Highly recommended for the whole family.", 1),
-    ("Charming and heartfelt from start to finish.", 1),
-    ("A boring, predictable mess.", 0),
-    ("Terrible acting and an awful script.", 0),
-    ("I walked out after half an hour.", 0),
-    ("The worst movie I have ever seen.", 0),
-    ("Two hours of my life I will never get back.", 0),
-    ("Dull, slow and completely pointless.", 0),
-    ("Avoid this one.", 0),
-    ("The plot makes no sense and the jokes fall flat.", 0),
-    ("A waste of a talented cast.", 0),
-    ("Painfully bad from the first scene.", 0),
-]
-
 
 # Settings whose default depends on the mode (see `cli.ModeDefaults`).
 DEFAULTS = {
@@ -409,14 +384,14 @@ def fit(run, model, batches):
 
 def evaluate(model, test_batches, test_rows, tokenizer, args):
     """Test accuracy and loss (of the `test_rows` reviews the batches
-    hold), and the accuracy on `SHORT_REVIEWS`; printed."""
+    hold), and the accuracy on `reviews.SHORT_REVIEWS`; printed."""
     test_loss, test_accuracy = model.evaluate(test_batches, verbose=0)
     short_accuracy = short_review_accuracy(model, tokenizer, args)
     test_reviews = test_rows - test_batches.left_out
     print(
         f"test accuracy {test_accuracy:.4f}, test loss {test_loss:.4f} "
         f"({test_reviews} reviews); short one-sentence "
-        f"reviews: {short_accuracy:.0%} of {len(SHORT_REVIEWS)}"
+        f"reviews: {short_accuracy:.0%} of {len(reviews.SHORT_REVIEWS)}"
     )
     return {
         "test_accuracy": float(test_accuracy),
@@ -428,27 +403,14 @@ def evaluate(model, test_batches, test_rows, tokenizer, args):
 def fit_baseline(splits, scores):
     """The TF-IDF + logistic regression baseline on the same splits,
     printed beside the model's `scores`."""
-    short = (
-        [review for review, _ in SHORT_REVIEWS],
-        np.array([label for _, label in SHORT_REVIEWS]),
-    )
-    result = baseline.linear_baseline(splits, {"short_review": short})
-    print(
-        f"{'':28}{'this model':>12}{'TF-IDF + LR':>13}\n"
-        f"{'test accuracy':28}{scores['test_accuracy']:>12.4f}"
-        f"{result['test_accuracy']:>13.4f}\n"
-        f"{'short one-sentence reviews':28}"
-        f"{scores['short_review_accuracy']:>12.0%}"
-        f"{result['short_review_accuracy']:>13.0%}\n"
-        f"(baseline: word 1-2-grams, C={result['C']}, "
-        f"{result['seconds']:.0f} s)"
-    )
+    short = {"short_review": reviews.short_reviews()}
+    result = baseline.linear_baseline(splits, short)
+    print(baseline.side_by_side(scores, result))
     return result
 
 
 def short_review_accuracy(model, tokenizer, args):
-    texts = [review for review, _ in SHORT_REVIEWS]
-    labels = np.array([label for _, label in SHORT_REVIEWS])
+    texts, labels = reviews.short_reviews()
     probabilities = predict_probabilities(model, tokenizer, texts, args)
     return float(((probabilities > 0.5) == labels).mean())
 

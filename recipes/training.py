@@ -62,10 +62,10 @@ class Run:
         self.history = None
         print(BACKEND_NOTE)
         print(f"settings: {vars(args)}")
-        self.precision, reason = precision.resolve(args.precision)
-        precision.apply(self.precision)
-        print(f"precision: {self.precision} ({reason})")
-        self.precision_reason = reason
+        used, reason = precision.resolve(args.precision)
+        precision.apply(used)
+        print(f"precision: {used} ({reason})")
+        self.precision = {"used": used, "reason": reason}
         distributed.start(args)
 
     def phase(self, name):
@@ -199,10 +199,7 @@ class Run:
             "phase_seconds": self.timer.seconds,
             "epochs_run": len(self.history["loss"]),
             "backend": keras.backend.backend(),
-            "precision": {
-                "used": self.precision,
-                "reason": self.precision_reason,
-            },
+            "precision": self.precision,
             "settings": vars(self.args),
         }
         reporting.write_json(metrics, self.out / "metrics.json")

@@ -264,6 +264,18 @@ def right_padded(tokenizer, texts):
     return ids, mask
 
 
+def torch_outputs(model, ids, mask):
+    """A Hugging Face torch `model`'s outputs on int `ids` with the
+    attention `mask` (NumPy), without gradients."""
+    import torch
+
+    with torch.no_grad():
+        return model(
+            input_ids=torch.tensor(ids, dtype=torch.long),
+            attention_mask=torch.tensor(mask, dtype=torch.long),
+        )
+
+
 def gguf_reference(path):
     """transformers' tokenizer and float32 `LlamaForCausalLM` read from
     the GGUF file at `path`: the oracle of `keras_selfattn.pretrained`."""

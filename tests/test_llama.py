@@ -11,7 +11,7 @@ import gguf
 import numpy as np
 import pytest
 import tokenizers
-from support import TOKENIZER_TEXTS, gguf_reference, right_padded, to_numpy
+from support import TOKENIZER_TEXTS, right_padded, to_numpy, torch_outputs
 from tokenizers import models, pre_tokenizers, trainers
 
 from keras_selfattn import prompts
@@ -199,54 +199,28 @@ def vocabulary():
 
 
 @pytest.fixture(scope="module")
-def tiny_path(tmp_path_factory, vocabulary):
+def gguf_file(tmp_path_factory, vocabulary):
     path = tmp_path_factory.mktemp("tiny_llama") / "tiny-llama.gguf"
     return write_gguf(path, random_tensors(CONFIG), vocabulary)
 
 
 @pytest.fixture(scope="module")
-def ours(tiny_path):
+def ours(gguf_file):
     """Our `(causal_lm, tokenizer)`, loaded once."""
-    return load_llama(tiny_path)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_path):
-    """transformers' tokenizer and model of the same file, loaded once."""
-    return gguf_reference(tiny_path)
-
-
-@pytest.fixture(scope="module")
-def reference_tokenizer(reference):
-    return reference[0]
-
-
-@pytest.fixture(scope="module")
-def reference_model(reference):
-    return reference[1]
-
-
-def reference_logits(model, ids, mask):
-    import torch
-
-    with torch.no_grad():
-        return model(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-        ).logits.numpy()
+    return load_llama(gguf_file)
 
 
 # ------------------------------------------------------------- the model
 
 
 @pytest.mark.once  # no backend
-def test_the_file_holds_what_llama_cpp_writes(tiny_path):
+def test_the_file_holds_what_llama_cpp_writes(gguf_file):
     """The writer above quantizes and permutes (else the parity tests
     below would not exercise dequantizing and unpermuting)."""
-    reader = gguf.GGUFReader(str(tiny_path))
+    reader = gguf.GGUFReader(str(gguf_file))
     types = {t.name: t.tensor_type for t in reader.tensors}
     assert {n: types[n] for n in QUANTIZED} == QUANTIZED
-    _, tensors = read_gguf(tiny_path)
+    _, tensors = read_gguf(gguf_file)
     original = random_tensors(CONFIG)
     name = "blk.0.ffn_down.weight"  # Q8_0: 8 bits per value, one scale
     scale = np.abs(original[name]).max()
@@ -268,7 +242,7 @@ def test_logits_match_transformers(ours, reference_model):
         ],
     )
     logits = to_numpy(causal_lm({"token_ids": ids, "padding_mask": mask}))
-    expected = reference_logits(reference_model, ids, mask)
+    expected = torch_outputs(reference_model, ids, mask).logits.numpy()
     assert logits.shape == (*ids.shape, CONFIG.vocabulary_size)
     assert np.abs(expected[mask]).max() > 5.0, "logits too small to tell"
     np.testing.assert_allclose(logits[mask], expected[mask], rtol=0, atol=ATOL)
@@ -304,8 +278,8 @@ def test_greedy_generation_matches_transformers(ours, reference_model):
 
 
 @pytest.mark.once  # no backend
-def test_tokenizer_matches_transformers(tiny_path, reference_tokenizer):
-    metadata = read_gguf_metadata(tiny_path)
+def test_tokenizer_matches_transformers(gguf_file, reference_tokenizer):
+    metadata = read_gguf_metadata(gguf_file)
     tokenizer = gguf_tokenizer(metadata)
     assert tokenizer.get_vocab_size() == CONFIG.vocabulary_size
     chat = prompts.apply_chat_template(
@@ -402,7 +376,7 @@ def test_an_unknown_pre_tokenizer_is_refused(tmp_path, vocabulary):
 
 
 @pytest.mark.once  # fresh processes; their backend is the suite's first
-def test_generate_recipe_chats_exports_and_serves(ours, tiny_path, tmp_path):
+def test_generate_recipe_chats_exports_and_serves(ours, gguf_file, tmp_path):
     """`recipes/generate.py` on the tiny file: the chat template, greedy
     tokens equal to `generate`'s, the JSON record; then `export` and
     `predict --artifact` (onnxruntime, no Keras) give the same answer."""
@@ -424,7 +398,7 @@ def test_generate_recipe_chats_exports_and_serves(ours, tiny_path, tmp_path):
 
     script = f"{ROOT}/recipes/generate.py"
     options = ["--max-new-tokens", str(new), "--sampler", "greedy"]
-    model = ["--model", str(tiny_path)]
+    model = ["--model", str(gguf_file)]
     out = run_script(script, [*model, *options, "--jsonl", question])
     record = json.loads(out.strip().splitlines()[-1])
     assert record["prompt"] == question

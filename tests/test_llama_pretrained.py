@@ -9,7 +9,7 @@ under another with `KERAS_BACKEND=torch pytest tests/test_llama_pretrained.py`.
 
 import numpy as np
 import pytest
-from support import TOKENIZER_TEXTS, gguf_reference, right_padded, to_numpy
+from support import TOKENIZER_TEXTS, right_padded, to_numpy, torch_outputs
 
 from keras_selfattn import prompts
 from keras_selfattn.pretrained.gguf import read_gguf
@@ -30,15 +30,15 @@ ATOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def path():
+def gguf_file():
     return gguf_path(NAME)
 
 
 @pytest.fixture(scope="module")
-def contents(path):
+def contents(gguf_file):
     """The file's `(metadata, tensors)`, read once (parsing the metadata
     of a 49152-token vocabulary alone takes seconds)."""
-    return read_gguf(path)
+    return read_gguf(gguf_file)
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +51,6 @@ def ours(contents):
     """Our `(causal_lm, tokenizer)`: `load_llama(NAME)` from the contents
     already read."""
     return llama_from_gguf(*contents)
-
-
-@pytest.fixture(scope="module")
-def reference(path):
-    """transformers' tokenizer and model of the same file, loaded once."""
-    return gguf_reference(path)
-
-
-@pytest.fixture(scope="module")
-def reference_tokenizer(reference):
-    return reference[0]
-
-
-@pytest.fixture(scope="module")
-def reference_model(reference):
-    return reference[1]
 
 
 def chat_prompt(metadata, question):
@@ -96,8 +80,6 @@ def test_tokenizer_matches_transformers(metadata, ours, reference_tokenizer):
 
 
 def test_logits_match_transformers(ours, reference_model):
-    import torch
-
     causal_lm, tokenizer = ours
     ids, mask = right_padded(
         tokenizer,
@@ -108,11 +90,7 @@ def test_logits_match_transformers(ours, reference_model):
         ],
     )
     logits = to_numpy(causal_lm({"token_ids": ids, "padding_mask": mask}))
-    with torch.no_grad():
-        expected = reference_model(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-        ).logits.numpy()
+    expected = torch_outputs(reference_model, ids, mask).logits.numpy()
     np.testing.assert_allclose(logits[mask], expected[mask], rtol=0, atol=ATOL)
 
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 from bert_reference import bert_hidden_states
-from support import BACKEND, jit, to_numpy
+from support import BACKEND, jit, to_numpy, torch_outputs
 from safetensors.numpy import save_file
 from tiny_bert import CORPUS, TINY_CONFIG, random_tensors, write_checkpoint
 
@@ -45,16 +45,12 @@ def hidden_states(model, ids, mask):
 
 def transformers_hidden_states(directory, ids, mask):
     """Hugging Face `BertModel`'s last hidden states for the checkpoint."""
-    torch = pytest.importorskip("torch")
+    pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     reference = transformers.BertModel.from_pretrained(
         str(directory), add_pooling_layer=False
     ).eval()
-    with torch.no_grad():
-        return reference(
-            input_ids=torch.tensor(ids, dtype=torch.long),
-            attention_mask=torch.tensor(mask, dtype=torch.long),
-        ).last_hidden_state.numpy()
+    return torch_outputs(reference, ids, mask).last_hidden_state.numpy()
 
 
 # ------------------------------------------------------------- the package
