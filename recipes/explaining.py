@@ -18,6 +18,11 @@ def last_attention(model, ids):
         for layer in encoder.layers
         if isinstance(layer, ksa.TransformerEncoder)
     ]
+    if not encoders:
+        raise ValueError(
+            f"Model {model.name!r} has no encoder blocks (trained with "
+            "--no-encoder?): it has no attention to draw"
+        )
     if nested:  # keras_selfattn.pretrained names its embedding stack
         embeddings = encoder.get_layer("embeddings_dropout").output
         inputs = {"token_ids": ids, "padding_mask": padding}

@@ -3,6 +3,7 @@ the command line's defaults and checks, what serving imports.
 """
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,14 +13,67 @@ import numpy as np
 import pytest
 
 from keras_selfattn.downloads import atomic_write
+import recipes
 from recipes import batching, ner, ngrams, precision, sentiment, training
 
 
-def test_ngram_score_sums_unigram_and_bigram_weights():
-    # NumPy oracle: each row's unigrams and bigrams (none touching
-    # padding), hashed as documented, their weights summed / sqrt(count).
+def _ngram_buckets(row, vocab, buckets):
+    """NumPy oracle: a row's unigrams and hashed bigrams, none touching
+    padding, as `NgramScore` documents them."""
+    tokens = [int(t) for t in row if t]
+    pairs = zip(tokens, tokens[1:])
+    return tokens + [(a * vocab + b) % buckets for a, b in pairs]
+
+
+def test_ngram_score_naive_bayes_ratios_and_distinct_ngrams():
+    vocab, buckets = 50, 997
+    ids = np.array([[4, 9, 9, 9, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
+    labels = np.array([1, 0, 1])
+    layer = ngrams.NgramScore(vocab, buckets, learning_rate_scale=3.0)
+    layer.adapt(ids, labels, batch_size=2)
+    counts = np.ones((2, buckets))
+    for row, label in zip(ids, labels):
+        counts[label, sorted(set(_ngram_buckets(row, vocab, buckets)))] += 1
+    shares = counts / counts.sum(1, keepdims=True)
+    ratio = np.log(shares[1] / shares[0])
+    got_ratio = keras.ops.convert_to_numpy(layer.log_count_ratio)
+    np.testing.assert_allclose(got_ratio, ratio, rtol=1e-5, atol=1e-6)
+    table = np.random.default_rng(0).normal(size=buckets).astype("float32")
+    layer.table.assign(table)
+    layer.bias.assign(0.5)
+    want = [
+        3.0
+        * (
+            sum(
+                table[g] * ratio[g]
+                for g in set(_ngram_buckets(r, vocab, buckets))
+            )
+            + 0.5
+        )
+        for r in ids
+    ]
+    got = keras.ops.convert_to_numpy(layer(ids))[:, 0]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+    tensor = keras.ops.convert_to_tensor(ids, "int32")
+    for pairwise in (True, False):  # both ways of finding distinct ones
+        grams, first = map(
+            keras.ops.convert_to_numpy,
+            ngrams._distinct(layer, tensor, pairwise),
+        )
+        for row, kept, is_first in zip(ids, grams, first):
+            expected = _ngram_buckets(row, vocab, buckets)
+            assert sorted(kept[is_first]) == sorted(set(expected))
+
+
+def test_ngram_score_sqrt_count_weighting_and_its_old_configs():
+    # The form saved before `weighting` existed: each occurrence's
+    # weight, the sum / sqrt(count); configs without `weighting` load it.
     vocab, buckets = 50, 997
     layer = ngrams.NgramScore(vocab, buckets, learning_rate_scale=3.0)
+    config = layer.get_config()
+    del config["weighting"]
+    layer = ngrams.NgramScore.from_config(config)
+    assert layer.weighting == "sqrt_count"
     layer.build()
     table = np.random.default_rng(0).normal(size=buckets).astype("float32")
     layer.table.assign(table)
@@ -27,18 +81,19 @@ def test_ngram_score_sums_unigram_and_bigram_weights():
     ids = np.array([[4, 9, 9, 0, 0], [7, 0, 0, 0, 0], [1, 2, 3, 4, 5]])
     want = []
     for row in ids:
-        tokens = [int(t) for t in row if t]
-        grams = tokens + [
-            (a * vocab + b) % buckets for a, b in zip(tokens, tokens[1:])
-        ]
+        grams = _ngram_buckets(row, vocab, buckets)
         want.append(3.0 * (table[grams].sum() / np.sqrt(len(grams)) + 0.5))
     got = keras.ops.convert_to_numpy(layer(ids))[:, 0]
     np.testing.assert_allclose(got, want, rtol=1e-5)
+    with pytest.raises(ValueError, match="weighting='sqrt_count'"):
+        layer.adapt(ids, np.ones(3))
 
 
-def test_ngram_score_refuses_a_vocabulary_its_bigrams_overflow():
+def test_ngram_score_refuses_bad_settings():
     with pytest.raises(ValueError, match="vocab_size=50000"):
         ngrams.NgramScore(50000)
+    with pytest.raises(ValueError, match="weighting='tfidf'"):
+        ngrams.NgramScore(50, weighting="tfidf")
 
 
 def test_precision_auto_needs_the_cpu_flag_and_a_backend_using_it():
@@ -268,6 +323,16 @@ def test_sizes_must_be_positive_integers(recipe, option, value, capsys):
     )
 
 
+@pytest.mark.parametrize("extra", [["--no-ngram-branch"], ["--init", "x"]])
+def test_no_encoder_needs_the_ngram_branch_alone(extra, capsys):
+    assert not sentiment.parse_args(["--no-encoder"]).encoder
+    with pytest.raises(SystemExit):
+        sentiment.parse_args(["--no-encoder", *extra])
+    assert "--no-encoder leaves the n-gram branch alone" in (
+        capsys.readouterr().err
+    )
+
+
 def test_sizes_given_win_over_the_defaults():
     args = sentiment.parse_args(
         ["--epochs", "3", "--batch-size", "5", "--max-length", "7"]
@@ -334,3 +399,32 @@ def test_serving_imports_no_framework():
         check=True,
     )
     assert result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.mark.once
+def test_each_recipe_picks_its_own_default_backend():
+    # In a fresh process without KERAS_BACKEND, as a user runs a recipe:
+    # the recipe's measured default; KERAS_BACKEND, when set, wins.
+    code = (
+        "import os, recipes; recipes.use_default_backend('{recipe}'); "
+        "print(os.environ['KERAS_BACKEND'], '|', recipes.BACKEND_NOTE)"
+    )
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+
+    def backend_of(recipe, **extra):
+        result = subprocess.run(
+            [sys.executable, "-c", code.format(recipe=recipe)],
+            cwd=root,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip()
+
+    for recipe, backend in recipes.DEFAULT_BACKENDS.items():
+        assert backend_of(recipe).startswith(f"{backend} | backend: {backend}")
+    assert backend_of("sentiment", KERAS_BACKEND="tensorflow").startswith(
+        "tensorflow | backend: tensorflow (from KERAS_BACKEND)"
+    )
