@@ -46,6 +46,11 @@ if not __package__:  # run as a file: `python recipes/generate.py`
 
     _launch.run_as_module(__file__)
 
+if __name__ == "__main__":
+    import recipes
+
+    recipes.use_default_backend("generate")
+
 import argparse
 import json
 import sys

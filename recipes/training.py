@@ -31,8 +31,8 @@ import numpy as np
 import keras_selfattn as ksa
 from keras_selfattn import distribution, lora, pretrained, text
 from keras_selfattn.downloads import atomic_write
+import recipes
 from recipes import (
-    BACKEND_NOTE,
     batching,
     distributed,
     exporting,
@@ -60,7 +60,7 @@ class Run:
         keras.utils.set_random_seed(args.seed)
         self.timer = reporting.Timer()
         self.history = None
-        print(BACKEND_NOTE)
+        print(recipes.BACKEND_NOTE)
         print(f"settings: {vars(args)}")
         used, reason = precision.resolve(args.precision)
         precision.apply(used)
