@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from recipes import reviews
+
 # `C` candidates, chosen on the validation split.
 REGULARIZATION = (1.0, 4.0, 16.0)
 
@@ -58,6 +60,14 @@ def linear_baseline(splits, extra=None):
         scores[f"{name}_accuracy"] = float(np.mean(predicted == labels))
     scores["seconds"] = round(time.perf_counter() - start, 1)
     return scores
+
+
+def fit_beside(splits, scores):
+    """`linear_baseline` on `splits` (and the short reviews), printed
+    beside the model's `scores` (`side_by_side`); returns its result."""
+    result = linear_baseline(splits, {"short_review": reviews.short_reviews()})
+    print(side_by_side(scores, result))
+    return result
 
 
 def side_by_side(scores, result):

@@ -64,3 +64,23 @@ def label_reviews(run, texts):
     probabilities = run.predict_rows(ids)[:, 0]
     labels = run.metrics["label_names"]
     return [review_line(labels, p, t) for p, t in zip(probabilities, texts)]
+
+
+def short_crops(fraction, cls_id, sep_id, shortest=4, longest=40):
+    """Augmentation: replace `fraction` of a batch's reviews by a random
+    window of 4-40 of their tokens, so the model also learns to read
+    one-sentence inputs (what people type into `predict`)."""
+
+    def transform(batch, rng):
+        for row in np.flatnonzero(rng.random(len(batch)) < fraction):
+            tokens = batch[row][batch[row] != 0][1:-1]  # drop [CLS] [SEP]
+            size = int(rng.integers(shortest, longest + 1))
+            if len(tokens) <= size:
+                continue
+            start = int(rng.integers(0, len(tokens) - size + 1))
+            window = tokens[start : start + size]
+            batch[row] = 0
+            batch[row, : size + 2] = [cls_id, *window, sep_id]
+        return batch
+
+    return transform

@@ -16,27 +16,19 @@
     KERAS_BACKEND=jax python recipes/sentiment.py --distribute model \\
         --mesh 2,2                                 # 4 devices: batch x model
 
-Data: the 50,000 IMDB reviews (Maas et al. 2011) split 25,000 test /
-22,500 train / 2,500 validation (carved from train), stratified, seed 1337.
-Text goes through a WordPiece tokenizer trained on the training split only
-(Hugging Face `tokenizers`); reviews longer than `--max-length` tokens keep
-their head and tail. Model: token + position embeddings, a Transformer
-encoder block, masked mean pooling and a score, plus a linear score of
-the hashed token unigrams and bigrams weighted as NBSVM weighs them
-(`recipes/ngrams.py`; `--no-ngram-branch` leaves it out, `--no-encoder`
-keeps it alone), a logistic output. Batches are padded
-to length buckets, so compiled programs are reused and short reviews cost
-little. The run also fits a TF-IDF + logistic regression baseline on the
-same split and prints both scores side by side (`--no-baseline` skips
-it). `--precision auto|float32|bfloat16` sets the compute dtype
-(`recipes/precision.py`; auto: bfloat16 only where the CPU and backend
-multiply in it natively).
+Data: the 50,000 IMDB reviews (Maas et al. 2011), split 25,000 test /
+22,500 train / 2,500 validation, stratified, seed 1337; a WordPiece
+tokenizer trained on the training split; long reviews keep head and tail.
+Model (README, Sentiment): a Transformer encoder's score plus an NBSVM
+score of hashed token n-grams (`recipes/ngrams.py`; `--no-ngram-branch`,
+`--no-encoder`), a logistic output; batches padded to length buckets.
+The run also prints a TF-IDF + logistic regression baseline on the same
+split (`--no-baseline`). `--precision auto|float32|bfloat16`:
+`recipes/precision.py`.
 
 `--init all-MiniLM-L6-v2` (or a BERT checkpoint directory) fine-tunes a
-pretrained encoder with its own tokenizer instead. On a CPU that costs
-~30x per token, so by default it trains one epoch on 4,000 reviews of 128
-tokens (batches of 16, learning rate 1e-4) and scores 5,000 test reviews
-(`--train-size`, `--test-size`, `--max-length` and `--epochs` change that).
+pretrained encoder with its own tokenizer instead, on a subset by
+default (`INIT_DEFAULTS`).
 
 `--distribute data|model` trains on several devices through
 `keras.distribution` (JAX; see `keras_selfattn.distribution`); batches
@@ -149,6 +141,26 @@ def parse_args(argv=None):
         type=int,
         help=f"score this many test reviews (default all) {note('test_size')}",
     )
+    add_model_arguments(parser)
+    parser.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also fit and score the TF-IDF + logistic regression "
+        "baseline on the same split (recipes/baseline.py). Default on",
+    )
+    args = cli.parse_args(parser, argv, MODES)
+    if not args.encoder and not (args.ngram_branch and args.init is None):
+        parser.error(
+            "--no-encoder leaves the n-gram branch alone: it needs "
+            "--ngram-branch and no --init"
+        )
+    return args
+
+
+def add_model_arguments(parser):
+    """The options that shape and regularise the model: dropout, the
+    attention path, short crops, the n-gram branch and the encoder."""
     parser.add_argument(
         "--dropout",
         type=float,
@@ -190,20 +202,6 @@ def parse_args(argv=None):
         help="the Transformer encoder's score (`--no-encoder`: the n-gram "
         "branch alone, for comparison). Default on",
     )
-    parser.add_argument(
-        "--baseline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also fit and score the TF-IDF + logistic regression "
-        "baseline on the same split (recipes/baseline.py). Default on",
-    )
-    args = cli.parse_args(parser, argv, MODES)
-    if not args.encoder and not (args.ngram_branch and args.init is None):
-        parser.error(
-            "--no-encoder leaves the n-gram branch alone: it needs "
-            "--ngram-branch and no --init"
-        )
-    return args
 
 
 # ---------------------------------------------------------------- data
@@ -243,26 +241,6 @@ def cap_splits(splits, info, args):
     if cut:
         info["subset"] = cut
     return splits
-
-
-def short_crops(fraction, cls_id, sep_id, shortest=4, longest=40):
-    """Augmentation: replace `fraction` of a batch's reviews by a random
-    window of 4-40 of their tokens, so the model also learns to read
-    one-sentence inputs (what people type into `predict`)."""
-
-    def transform(batch, rng):
-        for row in np.flatnonzero(rng.random(len(batch)) < fraction):
-            tokens = batch[row][batch[row] != 0][1:-1]  # drop [CLS] [SEP]
-            size = int(rng.integers(shortest, longest + 1))
-            if len(tokens) <= size:
-                continue
-            start = int(rng.integers(0, len(tokens) - size + 1))
-            window = tokens[start : start + size]
-            batch[row] = 0
-            batch[row, : size + 2] = [cls_id, *window, sep_id]
-        return batch
-
-    return transform
 
 
 # ---------------------------------------------------------------- model
@@ -350,7 +328,7 @@ def train(args):
         scores = evaluate(model, batches["test"], test_rows, tokenizer, args)
     if args.baseline:
         with run.phase("baseline"):
-            scores["baseline"] = fit_baseline(splits, scores)
+            scores["baseline"] = baseline.fit_beside(splits, scores)
 
     run.save(model, encoded["test"][0][:64])
     metrics = run.finish(
@@ -387,7 +365,7 @@ def review_batches(run, encoded, tokenizer, args):
     buckets = batching.bucket_lengths(args.max_length)
     augment = None
     if args.short_crops > 0:
-        augment = short_crops(
+        augment = reviews.short_crops(
             args.short_crops,
             tokenizer.token_to_id(text.CLS_TOKEN),
             tokenizer.token_to_id(text.SEP_TOKEN),
@@ -436,15 +414,6 @@ def evaluate(model, test_batches, test_rows, tokenizer, args):
         "test_loss": float(test_loss),
         "short_review_accuracy": float(short_accuracy),
     }
-
-
-def fit_baseline(splits, scores):
-    """The TF-IDF + logistic regression baseline on the same splits,
-    printed beside the model's `scores`."""
-    short = {"short_review": reviews.short_reviews()}
-    result = baseline.linear_baseline(splits, short)
-    print(baseline.side_by_side(scores, result))
-    return result
 
 
 def short_review_accuracy(model, tokenizer, args):

@@ -14,7 +14,15 @@ import pytest
 
 from keras_selfattn.downloads import atomic_write
 import recipes
-from recipes import batching, ner, ngrams, precision, sentiment, training
+from recipes import (
+    batching,
+    ner,
+    ngrams,
+    precision,
+    reviews,
+    sentiment,
+    training,
+)
 
 
 def _ngram_buckets(row, vocab, buckets):
@@ -171,7 +179,7 @@ def test_short_crops_keep_a_contiguous_window():
     batch[:, 0] = cls_id
     batch[:, 1:61] = np.arange(100, 160)
     batch[:, 61] = sep_id
-    out = sentiment.short_crops(1.0, cls_id, sep_id)(
+    out = reviews.short_crops(1.0, cls_id, sep_id)(
         batch.copy(), np.random.default_rng(1)
     )
     assert out.shape == batch.shape
