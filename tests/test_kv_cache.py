@@ -188,6 +188,32 @@ def test_compiled_decoding_with_tensor_index():
     np.testing.assert_allclose(np.concatenate(outputs, 1), full, atol=1e-5)
 
 
+def test_which_calls_write_into_the_given_cache():
+    """A step leaves the cache it is given as it was and returns a new
+    one, except on torch with autograd off (as generation runs), where
+    it writes into the given cache and returns that."""
+    layer = ksa.MultiHeadAttention(HEADS, HEAD_DIM)
+    x = rand(np.random.default_rng(4), BATCH, 1, WIDTH)
+    cache = ops.convert_to_tensor(
+        rand(np.random.default_rng(5), BATCH, 2, LENGTH, HEADS, HEAD_DIM)
+    )
+    before = to_numpy(cache).copy()
+    _, written = layer(
+        x, use_causal_mask=True, cache=cache, cache_update_index=3
+    )
+    np.testing.assert_array_equal(to_numpy(cache), before)
+    assert not np.array_equal(to_numpy(written)[:, :, 3], before[:, :, 3])
+    if BACKEND == "torch":
+        import torch
+
+        with torch.no_grad():
+            _, same = layer(
+                x, use_causal_mask=True, cache=cache, cache_update_index=3
+            )
+        assert same is cache
+        np.testing.assert_array_equal(to_numpy(cache), to_numpy(written))
+
+
 def test_cache_positions_and_mask():
     np.testing.assert_array_equal(to_numpy(ring_positions(3, 7)), [6, 4, 5])
     # Query 4 over a ring holding 3, 1, 2: position 1 is out of its window.

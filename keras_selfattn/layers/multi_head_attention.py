@@ -1,5 +1,7 @@
 """MultiHeadAttention: a drop-in for `keras.layers.MultiHeadAttention`."""
 
+import functools
+
 import keras
 from keras import ops
 
@@ -27,6 +29,7 @@ from keras_selfattn.ops.attention import (
     attention_core,
 )
 from keras_selfattn.ops.checks import check_float_input, check_mask
+from keras_selfattn.ops.compiling import compile_function, is_eager
 from keras_selfattn.ops.kv_cache import (
     cached_attention,
     is_ring_cache,
@@ -526,7 +529,56 @@ class MultiHeadAttention(CompositeLayer):
     ):
         """A call with a key/value `cache` (checked by `check_cache_call`):
         keras-hub `CachedMultiHeadAttention`'s contract, with masks, window
-        and position biases at absolute positions."""
+        and position biases at absolute positions.
+
+        Called eagerly on JAX or TensorFlow without attention dropout (a
+        Python loop of decoding steps), the whole call runs as one compiled
+        function (`compile_function`, the index a tensor: one trace for
+        every position), not as a few dozen eager ops; otherwise as it
+        is (`_attend_cached_now`)."""
+        call = self._attend_cached_now
+        dropout = self.attention_config.problem_options(training)
+        if is_eager(query) and not dropout["dropout_rate"]:
+            call = self._compiled_cached_call
+            if cache_update_index is not None:
+                cache_update_index = ops.convert_to_tensor(
+                    cache_update_index, "int32"
+                )
+        return call(
+            query,
+            value,
+            key,
+            query_mask,
+            attention_mask,
+            use_causal_mask,
+            return_attention_scores,
+            training,
+            cache,
+            cache_update_index,
+        )
+
+    @functools.cached_property
+    def _compiled_cached_call(self):
+        return compile_function(
+            self._attend_cached_now,
+            static_argnums=(5, 6, 7),
+            variables=lambda: self.variables,
+        )
+
+    def _attend_cached_now(
+        self,
+        query,
+        value,
+        key,
+        query_mask,
+        attention_mask,
+        use_causal_mask,
+        return_attention_scores,
+        training,
+        cache,
+        cache_update_index,
+    ):
+        """`_attend_cached`'s work, as it is."""
         projected_query = self.query_dense(query)
         length = ops.shape(query)[1]
         ring = is_ring_cache(cache, self.sliding_window)

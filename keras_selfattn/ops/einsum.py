@@ -78,6 +78,8 @@ def _attention_logits(query, key):
     """
     query = ops.cast(query, SOFTMAX_DTYPE)
     key = ops.cast(key, SOFTMAX_DTYPE)
+    if _reads_keys_as_stored(query):
+        return _logits_by_key_rows(query, key)
     num_heads, num_kv_heads = query.shape[2], key.shape[2]
     depth = query.shape[3]
     keys_last = ops.transpose(key, (0, 2, 3, 1))  # `(B, Hkv, D, S)`
@@ -121,6 +123,8 @@ def _masked_softmax(logits, mask):
 
 def _attend(weights, value):
     """Weights `(B, H, T, S)` x value `(B, S, Hkv, Dv)` -> `(B, T, H, Dv)`."""
+    if _reads_keys_as_stored(weights, query_axis=2, head_axis=1):
+        return _attend_by_value_rows(weights, value)
     num_heads, num_kv_heads = weights.shape[1], value.shape[2]
     value = ops.transpose(value, (0, 2, 1, 3))  # `(B, Hkv, S, Dv)`
     if num_heads == num_kv_heads:
@@ -141,6 +145,63 @@ def _attend(weights, value):
         output = ops.matmul(weights, value)  # `(B, Hkv, G * T, Dv)`
         output = ops.reshape(output, (-1, num_heads, length, value.shape[-1]))
     return ops.transpose(output, (0, 2, 1, 3))
+
+
+# Query rows (positions x heads) up to which XLA multiplies by the keys
+# and values as they are stored (`_reads_keys_as_stored`).
+FEW_QUERY_ROWS = 64
+
+
+def _reads_keys_as_stored(tensor, query_axis=1, head_axis=2):
+    """Whether to multiply by the keys and values in their stored layout,
+    `(B, S, Hkv * D)` rows, with a block-diagonal query: on XLA (JAX,
+    TensorFlow), for at most `FEW_QUERY_ROWS` query rows (a decoding
+    step). XLA's CPU products otherwise copy the keys into a head-major
+    layout first, which costs several times the product itself when the
+    keys are a long cache; the block-diagonal query wastes `Hkv` times
+    the (few) query rows' multiplications instead."""
+    if keras.backend.backend() not in ("jax", "tensorflow"):
+        return False
+    length, heads = tensor.shape[query_axis], tensor.shape[head_axis]
+    return _known(length, heads) and length * heads <= FEW_QUERY_ROWS
+
+
+def _logits_by_key_rows(query, key):
+    """`_attention_logits` as one product of the keys' rows `(B, S, Hkv *
+    D)` with a block-diagonal query `(B, Hkv * D, T * H)`: each query
+    head's column is zero outside its key head's `D` rows."""
+    length, num_heads, depth = query.shape[1:]
+    num_kv_heads = key.shape[2]
+    groups = num_heads // num_kv_heads
+    query = ops.reshape(query, (-1, length, num_kv_heads, groups, depth))
+    query = ops.transpose(query, (0, 4, 1, 2, 3))  # `(B, D, T, Hkv, G)`
+    own_head = ops.eye(num_kv_heads, dtype=query.dtype)
+    blocks = query[:, None] * own_head[:, None, None, :, None]
+    blocks = ops.reshape(blocks, (-1, num_kv_heads * depth, length * num_heads))
+    keys = ops.reshape(key, (-1, ops.shape(key)[1], num_kv_heads * depth))
+    logits = ops.matmul(keys, blocks)  # `(B, S, T * H)`
+    logits = ops.reshape(logits, (-1, ops.shape(key)[1], length, num_heads))
+    return ops.transpose(logits, (0, 3, 2, 1))
+
+
+def _attend_by_value_rows(weights, value):
+    """`_attend` as one product of the weights `(B, T * H, S)` with the
+    values' rows `(B, S, Hkv * Dv)`, keeping each query head's own value
+    head of the result."""
+    num_heads, length = weights.shape[1:3]
+    num_kv_heads, depth = value.shape[2:]
+    groups = num_heads // num_kv_heads
+    weights = ops.transpose(weights, (0, 2, 1, 3))  # `(B, T, H, S)`
+    key_length = ops.shape(weights)[3]
+    weights = ops.reshape(weights, (-1, length * num_heads, key_length))
+    rows = ops.reshape(value, (-1, ops.shape(value)[1], num_kv_heads * depth))
+    output = ops.matmul(weights, rows)  # `(B, T * H, Hkv * Dv)`
+    output = ops.reshape(
+        output, (-1, length, num_kv_heads, groups, num_kv_heads, depth)
+    )
+    own_head = ops.eye(num_kv_heads, dtype=output.dtype)
+    output = ops.sum(output * own_head[:, None, :, None], axis=4)
+    return ops.reshape(output, (-1, length, num_heads, depth))
 
 
 def _split_heads(query, num_kv_heads, groups):

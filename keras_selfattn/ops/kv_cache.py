@@ -14,8 +14,6 @@ mask, the window and the position biases of a cached call come from
 absolute positions (`cache_mask`), exactly as in the full pass.
 """
 
-import functools
-
 import keras
 from keras import ops
 
@@ -24,10 +22,6 @@ from keras_selfattn.ops.attention import (
     AttentionProblem,
     decode_implementation,
     path_for,
-)
-from keras_selfattn.ops.compiling import (
-    compile_function,
-    is_eager,
 )
 from keras_selfattn.ops.einsum import einsum_in_parts
 from keras_selfattn.ops.fused import torch_compiling
@@ -123,9 +117,26 @@ def _write_slots(cache, update, index):
     start, count = static_index(index), update.shape[2]
     if start is None or count is None:
         return ops.slice_update(cache, [0, 0, index, 0, 0], update)
+    if writes_in_place(cache):
+        cache[:, :, start : start + count] = update
+        return cache
     # One copy, where `slice_update` may clone the cache and then write.
     before, after = cache[:, :, :start], cache[:, :, start + count :]
     return ops.concatenate([before, update, after], axis=2)
+
+
+def writes_in_place(cache):
+    """Whether a write goes into `cache` itself: an eager torch tensor
+    with autograd off (`torch.no_grad()`, as generation runs), as Hugging
+    Face's static cache is written. The step then reads the cache once
+    instead of copying it; a caller that keeps the cache as it was must
+    copy it first (`ops.copy`). With autograd on, or on JAX and
+    TensorFlow (immutable tensors), the cache given is left as it was."""
+    if keras.backend.backend() != "torch" or torch_compiling():
+        return False
+    import torch
+
+    return not torch.is_grad_enabled() and not cache.requires_grad
 
 
 def static_index(index):
@@ -180,56 +191,34 @@ def cached_attention(
 
     `keys`, `values` `(B, T', kv_heads, D)` are written at `index`
     (`write_cache`; `index` None: a read-only call, which attends over
-    the cache alone and ignores them). The call attends over the cache's
-    slots as they were and the new keys (positions: `key_positions`), in
-    two parts (`einsum_in_parts`) or, on the other paths, concatenated:
-    never over the cache just written, which would cost one more copy of
-    it (`"auto"`: `decode_implementation`'s path). A causal call whose
-    index is known now (`_known_index`) attends over the written cache's
-    slots up to its last position instead (`_attend_written`), which
-    costs no copy there. The queries sit at positions `index...`; the
-    mask comes from the
-    positions (`cache_mask`) and `attention_mask` (`(B, T, S)` over a
+    the cache alone and ignores them). A causal call writing a linear
+    cache with no mask or bias over its slots (`_attends_written`)
+    attends over the cache just written (`_write_and_attend`). Any other
+    call attends over the cache's slots as they were and the new keys
+    (positions: `key_positions`), in two parts (`einsum_in_parts`) or, on
+    the other paths, concatenated (`"auto"`: `decode_implementation`'s
+    path). The queries sit at positions `index...`; the mask comes from
+    the positions (`cache_mask`) and `attention_mask` (`(B, T, S)` over a
     linear cache's slots). `problem` holds the other `AttentionProblem`
     fields (`attention_bias` over the keys of `key_positions`). The
     probabilities are over the cache's slots after the write (a ring
     taking several positions: its slots, then the new positions).
-
-    Backend fast path: called eagerly on JAX or TensorFlow (and without
-    attention dropout), the write and the attention run as two compiled
-    functions (`jax.jit`, `tf.function(jit_compile=True)`), not as a few
-    dozen eager ops each copying the cache; their portable twins are the
-    same functions called as they are, as every other case (torch,
-    traced, dropout) does.
     """
-    write, attend = _write_and_split, _attend_cache
-    known = _known_index(index, ring, use_causal_mask, attention_mask, problem)
-    if known is not None and not is_eager(queries):
-        cache = write_cache(cache, keys, values, index, ring)
-        result = _attend_written(
+    if _attends_written(index, ring, use_causal_mask, attention_mask, problem):
+        return _write_and_attend(
             queries,
             keys,
             values,
             cache,
-            known,
+            index,
             implementation,
             sliding_window,
-            problem,
+            **problem,
         )
-        return result, cache
-    if not problem.get("dropout_rate") and is_eager(queries):
-        write, attend = _compiled(keras.backend.backend())
-        # No dropout: no seed generator in the trace; one trace for every
-        # position.
-        problem.pop("seed", None)
-        problem.pop("dropout_rate", None)
-        if index is not None:
-            index = ops.convert_to_tensor(index, "int32")
-    # The keys and values written before, apart: XLA's CPU products read a
-    # slice of a compiled function's argument several times slower than
-    # an argument.
-    cache, cached = write(cache, keys, values, index, ring)
-    result = attend(
+    cached = (cache[:, 0], cache[:, 1])
+    if index is not None:
+        cache = write_cache(cache, keys, values, index, ring)
+    result = _attend_cache(
         queries,
         keys,
         values,
@@ -243,14 +232,6 @@ def cached_attention(
         **problem,
     )
     return result, cache
-
-
-def _write_and_split(cache, keys, values, index, ring):
-    """The cache after the write, and its keys and values before it."""
-    cached = (cache[:, 0], cache[:, 1])
-    if index is not None:
-        cache = write_cache(cache, keys, values, index, ring)
-    return cache, cached
 
 
 def _attend_cache(
@@ -302,22 +283,47 @@ def _attend_cache(
     return output, probabilities
 
 
-def _known_index(index, ring, use_causal_mask, attention_mask, problem):
-    """The index of a causal call on a linear cache as an int where it is
-    known now (`static_index`: a prefill from a Python int, an eager torch
-    step), for `_attend_written`; None where the call needs the general
-    path: a traced index, a ring, a non-causal call (it sees every slot),
-    a mask or bias over the slots, or probabilities to return by slot."""
-    if (
+def _attends_written(index, ring, use_causal_mask, attention_mask, problem):
+    """Whether a call may attend over the cache just written
+    (`_write_and_attend`): a causal call writing a linear cache, with no
+    mask or bias over the slots and no probabilities to return by slot.
+    Other calls (a read-only or non-causal one, a ring) take the general
+    path."""
+    return not (
         index is None
         or ring
         or not use_causal_mask
         or attention_mask is not None
         or problem.get("attention_bias") is not None
         or problem.get("return_attention_scores")
-    ):
-        return None
-    return static_index(index)
+    )
+
+
+def _write_and_attend(
+    queries,
+    keys,
+    values,
+    cache,
+    index,
+    implementation,
+    sliding_window,
+    **problem,
+):
+    """`((output, None), cache)` of a call `_attends_written` admits: the
+    write, then `_attend_written` from the index, known now or traced."""
+    cache = write_cache(cache, keys, values, index, ring=False)
+    start = static_index(index)
+    result = _attend_written(
+        queries,
+        keys,
+        values,
+        cache,
+        index if start is None else start,
+        implementation,
+        sliding_window,
+        problem,
+    )
+    return result, cache
 
 
 def _attend_written(
@@ -329,7 +335,7 @@ def _attend_written(
     prefill) it is the full pass's attention over the new keys alone, on
     the path `implementation` picks for it (`path_for`)."""
     count = ops.shape(keys)[1]
-    if start == 0:
+    if isinstance(start, int) and start == 0:
         problem = AttentionProblem(
             queries,
             keys,
@@ -340,7 +346,12 @@ def _attend_written(
         )
         return PATHS[path_for(implementation, problem)].run(problem)
     end, first, mask = start + count, 0, None
-    if count == 1 and sliding_window is not None:  # the window's keys only
+    if not isinstance(start, int):  # traced: every slot, the later hidden
+        end = ops.shape(cache)[2]
+        mask = cache_mask(
+            start + index_range(count), index_range(end), True, sliding_window
+        )
+    elif count == 1 and sliding_window is not None:  # the window's keys only
         first = max(0, end - sliding_window)
     elif count > 1 or sliding_window is not None:
         mask = cache_mask(
@@ -368,16 +379,3 @@ def _probabilities_by_slot(probabilities, length, index, count, ring):
     old, new = probabilities[..., :length], probabilities[..., length:]
     start = ops.mod(ops.cast(index, "int32"), length) if ring else index
     return ops.slice_update(old, [0, 0, 0, start], new)
-
-
-@functools.cache
-def _compiled(backend):
-    """`_write_and_split` and `_attend_cache` compiled with `backend`'s
-    XLA compiler (a cache per backend: tests switch it)."""
-    static = ("ring", "implementation", "use_causal_mask")
-    static += ("sliding_window", "scale", "logit_soft_cap")
-    static += ("return_attention_scores", "flash_attention")
-    return (
-        compile_function(_write_and_split, static_argnames=("ring",)),
-        compile_function(_attend_cache, static_argnames=static),
-    )
