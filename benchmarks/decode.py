@@ -22,6 +22,11 @@ Rows:
   reusable layer has no grouped heads, so its `mha` time is the reference).
 - `window`: ours with `sliding_window=256` and a 256-slot ring cache; the
   cache length `S` is then the text's length, not the cache's.
+- `mha-kept` (torch only): `mha` given a copy of the cache (`ops.copy`).
+  On torch without autograd ours writes into the cache it is given (as
+  Hugging Face's static cache); a caller that keeps the cache as it was
+  copies it first, and this is that step's time. On JAX and TensorFlow
+  the given cache is never changed, so the column is `n/a`.
 
 `cache MB` is the size of the cache the step reads and writes.
 
@@ -108,6 +113,13 @@ def step_functions(hub, layers, length, window, compiled, only=None):
         "gqa": (ours(layers["gqa"]), cache(length, 2)),
         "window": (ours(layers["window"]), cache(min(window, length), HEADS)),
     }
+    if keras.backend.backend() == "torch":
+        mha_step = steps["mha"][0]
+
+        def kept(x, cache):  # a copy first: the given cache stays as it was
+            return mha_step(x, ops.copy(cache))
+
+        steps["mha-kept"] = (kept, shared)
     if only is not None:
         steps = {only: steps[only]}
     if compiled:
@@ -182,9 +194,10 @@ def run(args):
     print(f"heads={HEADS} window={args.window}; ms per step (median)")
     print(
         "| S | keras-hub | mha | gqa | window | mha/hub | gqa/hub "
-        "| window/hub | cache MB hub/mha/gqa/window | max diff |"
+        "| window/hub | mha-kept/hub | cache MB hub/mha/gqa/window "
+        "| max diff |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for length in args.lengths:
         steps = step_functions(hub, layers, length, args.window, args.compiled)
         hub_out = steps["keras-hub"][0](x, steps["keras-hub"][1])[0]
@@ -199,15 +212,18 @@ def run(args):
         )
         medians = time_steps(steps, x, args.repeats)
         megabytes = "/".join(
-            f"{np.prod(state.shape) * 4 / 2**20:.1f}"
-            for _, state in steps.values()
+            f"{np.prod(steps[name][1].shape) * 4 / 2**20:.1f}"
+            for name in ("keras-hub", "mha", "gqa", "window")
         )
+        kept = "n/a"
+        if "mha-kept" in medians:
+            kept = f"{medians['mha-kept'] / medians['keras-hub']:.2f}"
         hub_ms = medians["keras-hub"] * 1e3
         ours = [medians[name] * 1e3 for name in ("mha", "gqa", "window")]
         ratios = " | ".join(f"{t / hub_ms:.2f}" for t in ours)
         times = " | ".join(f"{t:.2f}" for t in ours)
         print(
-            f"| {length} | {hub_ms:.2f} | {times} | {ratios} "
+            f"| {length} | {hub_ms:.2f} | {times} | {ratios} | {kept} "
             f"| {megabytes} | {diff:.1e} |"
         )
     window_table(
