@@ -1,7 +1,5 @@
 """MultiHeadAttention: a drop-in for `keras.layers.MultiHeadAttention`."""
 
-import functools
-
 import keras
 from keras import ops
 
@@ -557,13 +555,18 @@ class MultiHeadAttention(CompositeLayer):
             cache_update_index,
         )
 
-    @functools.cached_property
-    def _compiled_cached_call(self):
-        return compile_function(
-            self._attend_cached_now,
-            static_argnums=(5, 6, 7),
-            variables=lambda: self.variables,
-        )
+    def _compiled_cached_call(self, *args):
+        """`_attend_cached_now` compiled once per layer object (kept with
+        the object's id, so a copy of the layer compiles its own)."""
+        owner, compiled = self.__dict__.get("_compiled_cached", (None, None))
+        if owner != id(self):
+            compiled = compile_function(
+                self._attend_cached_now,
+                static_argnums=(5, 6, 7),
+                variables=lambda: self.variables,
+            )
+            self.__dict__["_compiled_cached"] = (id(self), compiled)
+        return compiled(*args)
 
     def _attend_cached_now(
         self,
