@@ -386,3 +386,31 @@ def test_in_place_writes_match_the_portable_twin(monkeypatch):
         )
     for fast, portable in zip(results[True], results[False]):
         np.testing.assert_array_equal(fast, portable)
+
+
+@pytest.mark.parametrize(
+    "length, heads, kv_heads", [(1, 8, 8), (3, 8, 2), (1, 9, 3), (2, 4, 1)]
+)
+def test_block_diagonal_products_equal_head_major(length, heads, kv_heads):
+    """The products XLA runs for a few query rows (the keys and values as
+    stored, a block-diagonal query) against NumPy, on every backend."""
+    from keras_selfattn.ops import einsum
+
+    rng = np.random.default_rng(7)
+    query = rng.normal(size=(2, length, heads, 16)).astype("float32")
+    key, value = rng.normal(size=(2, 2, 37, kv_heads, 16)).astype("float32")
+    weights = rng.random((2, heads, length, 37)).astype("float32")
+    groups = heads // kv_heads
+    keys, values = (np.repeat(t, groups, axis=2) for t in (key, value))
+    logits = einsum._logits_by_key_rows(query, key)
+    np.testing.assert_allclose(
+        to_numpy(logits),
+        np.einsum("bthd,bshd->bhts", query, keys),
+        atol=1e-5,
+    )
+    attended = einsum._attend_by_value_rows(weights, value)
+    np.testing.assert_allclose(
+        to_numpy(attended),
+        np.einsum("bhts,bshd->bthd", weights, values),
+        atol=1e-5,
+    )
