@@ -341,17 +341,20 @@ class MultiHeadAttention(CompositeLayer):
                 attention_mask=attention_mask,
                 attention_bias=attention_bias,
             )
-            return self._attend_cached(
+            attend, cache_update_index = self._cached_call(
+                query, training, cache_update_index
+            )
+            return attend(
                 query,
                 value,
                 key,
-                query_mask=merge_masks(query_mask, mask),
-                attention_mask=attention_mask,
-                use_causal_mask=use_causal_mask,
-                return_attention_scores=return_attention_scores,
-                training=training,
-                cache=cache,
-                cache_update_index=cache_update_index,
+                merge_masks(query_mask, mask),
+                attention_mask,
+                use_causal_mask,
+                return_attention_scores,
+                training,
+                cache,
+                cache_update_index,
             )
         self._check_masks(
             query,
@@ -512,6 +515,34 @@ class MultiHeadAttention(CompositeLayer):
             scores = zero_masked_rows(scores, query_mask, query_axis=2)
         return output, scores
 
+    def _cached_call(self, query, training, cache_update_index):
+        """`(call, cache_update_index)` for a cached call: eagerly on JAX or
+        TensorFlow without attention dropout (a Python loop of decoding
+        steps), `_compiled_cached_call` with the index as a tensor (one
+        trace for every position), not a few dozen eager ops; otherwise
+        `_attend_cached` as it is."""
+        dropout = self.attention_config.problem_options(training)
+        if not is_eager(query) or dropout["dropout_rate"]:
+            return self._attend_cached, cache_update_index
+        if cache_update_index is not None:
+            cache_update_index = ops.convert_to_tensor(
+                cache_update_index, "int32"
+            )
+        return self._compiled_cached_call, cache_update_index
+
+    def _compiled_cached_call(self, *args):
+        """`_attend_cached` compiled once per layer object (kept with the
+        object's id, so a copy of the layer compiles its own)."""
+        owner, compiled = self.__dict__.get("_compiled_cached", (None, None))
+        if owner != id(self):
+            compiled = compile_function(
+                self._attend_cached,
+                static_argnums=(5, 6, 7),
+                variables=lambda: self.variables,
+            )
+            self.__dict__["_compiled_cached"] = (id(self), compiled)
+        return compiled(*args)
+
     def _attend_cached(
         self,
         query,
@@ -527,61 +558,7 @@ class MultiHeadAttention(CompositeLayer):
     ):
         """A call with a key/value `cache` (checked by `check_cache_call`):
         keras-hub `CachedMultiHeadAttention`'s contract, with masks, window
-        and position biases at absolute positions.
-
-        Called eagerly on JAX or TensorFlow without attention dropout (a
-        Python loop of decoding steps), the whole call runs as one compiled
-        function (`compile_function`, the index a tensor: one trace for
-        every position), not as a few dozen eager ops; otherwise as it
-        is (`_attend_cached_now`)."""
-        call = self._attend_cached_now
-        dropout = self.attention_config.problem_options(training)
-        if is_eager(query) and not dropout["dropout_rate"]:
-            call = self._compiled_cached_call
-            if cache_update_index is not None:
-                cache_update_index = ops.convert_to_tensor(
-                    cache_update_index, "int32"
-                )
-        return call(
-            query,
-            value,
-            key,
-            query_mask,
-            attention_mask,
-            use_causal_mask,
-            return_attention_scores,
-            training,
-            cache,
-            cache_update_index,
-        )
-
-    def _compiled_cached_call(self, *args):
-        """`_attend_cached_now` compiled once per layer object (kept with
-        the object's id, so a copy of the layer compiles its own)."""
-        owner, compiled = self.__dict__.get("_compiled_cached", (None, None))
-        if owner != id(self):
-            compiled = compile_function(
-                self._attend_cached_now,
-                static_argnums=(5, 6, 7),
-                variables=lambda: self.variables,
-            )
-            self.__dict__["_compiled_cached"] = (id(self), compiled)
-        return compiled(*args)
-
-    def _attend_cached_now(
-        self,
-        query,
-        value,
-        key,
-        query_mask,
-        attention_mask,
-        use_causal_mask,
-        return_attention_scores,
-        training,
-        cache,
-        cache_update_index,
-    ):
-        """`_attend_cached`'s work, as it is."""
+        and position biases at absolute positions."""
         projected_query = self.query_dense(query)
         length = ops.shape(query)[1]
         ring = is_ring_cache(cache, self.sliding_window)

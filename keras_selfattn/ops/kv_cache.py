@@ -329,13 +329,15 @@ def _write_and_attend(
 def _attend_written(
     queries, keys, values, cache, start, implementation, sliding_window, problem
 ):
-    """A causal call at a known `start` on a linear `cache` just written:
-    the queries attend over its slots up to their last position (a view,
-    no copy), the positions a window hides left out. At `start` 0 (a
-    prefill) it is the full pass's attention over the new keys alone, on
-    the path `implementation` picks for it (`path_for`)."""
+    """A causal call at `start` on a linear `cache` just written. Known
+    now (an int), the queries attend over its slots up to their last
+    position (a view, no copy), the positions a window hides left out;
+    at 0 (a prefill) it is the full pass's attention over the new keys
+    alone, on the path `implementation` picks for it (`path_for`). Traced,
+    they attend over every slot, the later ones masked."""
     count = ops.shape(keys)[1]
-    if isinstance(start, int) and start == 0:
+    known = isinstance(start, int)
+    if known and start == 0:
         problem = AttentionProblem(
             queries,
             keys,
@@ -345,15 +347,11 @@ def _attend_written(
             **problem,
         )
         return PATHS[path_for(implementation, problem)].run(problem)
-    end, first, mask = start + count, 0, None
-    if not isinstance(start, int):  # traced: every slot, the later hidden
-        end = ops.shape(cache)[2]
-        mask = cache_mask(
-            start + index_range(count), index_range(end), True, sliding_window
-        )
-    elif count == 1 and sliding_window is not None:  # the window's keys only
-        first = max(0, end - sliding_window)
-    elif count > 1 or sliding_window is not None:
+    end = start + count if known else ops.shape(cache)[2]
+    first, mask = 0, None
+    if known and count == 1 and sliding_window is not None:
+        first = max(0, end - sliding_window)  # the window's keys only
+    elif not known or count > 1 or sliding_window is not None:
         mask = cache_mask(
             start + index_range(count), index_range(end), True, sliding_window
         )
