@@ -74,3 +74,17 @@ def apply(precision):
     """Set Keras' global dtype policy for `precision`."""
     policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
     keras.config.set_dtype_policy(policy)
+
+
+def compute_in_float32(model):
+    """Make every layer of `model` that computes in bfloat16 compute in
+    float32 (its variables are float32 already): what `export` writes,
+    as ONNX Runtime's CPU kernels take no bfloat16 (a Conv or MatMul in
+    it fails to load). Returns the number of layers changed."""
+    changed = 0
+    for layer in model._flatten_layers():
+        policy = layer.dtype_policy
+        if policy.compute_dtype == "bfloat16" and not policy.quantization_mode:
+            layer.dtype_policy = "float32"
+            changed += 1
+    return changed

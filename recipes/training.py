@@ -296,6 +296,8 @@ def export_run(args, files=None):
     settings)`, if given, returns more JSON files (name -> data) that
     serving reads, written beside the artifact."""
     model, _, _, settings = load_run(args.model_dir)
+    if precision.compute_in_float32(model):
+        print("exporting in float32 (the run computed in bfloat16)")
     sample = export_sample(model, settings.max_length)
     path = exporting.export_artifact(model, args.model_dir, args.format, sample)
     written = files(model, settings) if files else {}

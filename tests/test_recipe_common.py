@@ -113,6 +113,35 @@ def test_precision_auto_needs_the_cpu_flag_and_a_backend_using_it():
         precision.resolve("half")
 
 
+def test_bfloat16_model_computes_in_float32_for_export():
+    """`export` writes a bfloat16 run in float32 (ONNX Runtime's CPU has no
+    bfloat16 Conv/MatMul): the same weights, float32 results."""
+
+    def build(policy):
+        keras.config.set_dtype_policy(policy)
+        try:
+            inputs = keras.Input((6, 3))
+            x = keras.layers.Conv1D(4, 3, padding="same")(inputs)
+            x = keras.layers.Dense(2, dtype="float32")(x)
+            return keras.Model(inputs, keras.layers.Dense(2)(x))
+        finally:
+            keras.config.set_dtype_policy("float32")
+
+    model, reference = build("mixed_bfloat16"), build("float32")
+    reference.set_weights(model.get_weights())
+    data = np.random.default_rng(0).normal(size=(2, 6, 3)).astype("float32")
+    assert keras.ops.convert_to_numpy(model(data)).dtype != np.float32
+
+    # the model, its input layer, the conv and the last dense
+    assert precision.compute_in_float32(model) == 4
+    assert {layer.compute_dtype for layer in model.layers} == {"float32"}
+    result = keras.ops.convert_to_numpy(model(data))
+    assert result.dtype == np.float32
+    np.testing.assert_allclose(
+        result, keras.ops.convert_to_numpy(reference(data)), atol=1e-6
+    )
+
+
 def test_bucket_lengths():
     assert batching.bucket_lengths(512) == (32, 64, 128, 256, 512)
     assert batching.bucket_lengths(384) == (32, 64, 128, 256, 384)
