@@ -15,7 +15,7 @@ import collections
 import numpy as np
 
 from keras_selfattn import text
-from recipes import tagger_inputs, tagging
+from recipes import tagger_inputs, tagging, word_vectors
 
 Tagger = collections.namedtuple(
     "Tagger", ["predict", "probabilities", "chain", "buckets"]
@@ -148,17 +148,17 @@ def evaluate(tagger, prepared, tag_names, batch_size):
     }
 
 
-def tag_texts(tagger, tokenizer, tag_names, max_length, texts):
+def tag_texts(tagger, tokenizer, tag_names, max_length, texts, word_index):
     """Entities of raw texts: per text, a list of `(type, start, end)`
     character offsets (end exclusive), from the tokenizer's word spans.
     Each text is one row (its own context) of at most `max_length`
-    tokens."""
+    tokens; `word_index` as `tagger_inputs.model_inputs` takes it."""
     encoding = text.encode_text_words(tokenizer, texts, max_length=max_length)
     rows = [
         [t[a:b] for a, b in spans]
         for t, spans in zip(texts, encoding.word_spans)
     ]
-    inputs = tagger_inputs.model_inputs(encoding, rows)
+    inputs = tagger_inputs.model_inputs(encoding, rows, word_index)
     tags = decode_tags(
         predict_scores(tagger, inputs, 64),
         encoding.word_ids,
@@ -197,6 +197,11 @@ def label_entities(run, texts):
     tag_names = run.read_json("labels.json")
     tagger = served_tagger(run.run, tag_names, run.read_json(DECODER_FILE))
     entities = tag_texts(
-        tagger, run.tokenizer, tag_names, run.settings.max_length, texts
+        tagger,
+        run.tokenizer,
+        tag_names,
+        run.settings.max_length,
+        texts,
+        word_vectors.read_index(run.folder),
     )
     return entity_lines(texts, entities)

@@ -9,7 +9,14 @@ from pathlib import Path
 import keras
 
 from keras_selfattn import distribution
-from recipes import batching, crf, decoding, tagging, training
+from recipes import (
+    batching,
+    crf,
+    decoding,
+    tagging,
+    training,
+    word_vectors,
+)
 
 
 def length_buckets(max_length):
@@ -79,6 +86,11 @@ def label_texts(model_dir, texts):
     buckets = length_buckets(settings.max_length)
     tagger = keras_tagger(model, tag_names, buckets)
     entities = decoding.tag_texts(
-        tagger, tokenizer, tag_names, settings.max_length, texts
+        tagger,
+        tokenizer,
+        tag_names,
+        settings.max_length,
+        texts,
+        word_vectors.read_index(model_dir),
     )
     return decoding.entity_lines(texts, entities)

@@ -79,6 +79,7 @@ from recipes import (
     predict_command,
     tagger_inputs,
     training,
+    word_vectors,
 )
 
 # Settings whose default depends on the mode (see `cli.ModeDefaults`):
@@ -99,12 +100,16 @@ DEFAULTS = {
     "weight_decay": 0.05,
     "context": "sentence",
     "output": "crf",
+    "word_vectors": "none",
+    "word_vector_rows": None,
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
     "batch_size": 16,
     "max_length": 64,
     "vocab_size": 800,
+    # The most frequent GloVe words only: a small model to save and load.
+    "word_vector_rows": 20000,
 }
 # `--init` (the default): fine-tuning a pretrained encoder wants a small
 # learning rate, its own dropout, few epochs and whole-document context;
@@ -148,6 +153,13 @@ def parse_args(argv=None):
         type=float,
         help="fraction of training tokens replaced by [UNK]; "
         + note("word_dropout"),
+    )
+    parser.add_argument(
+        "--word-vectors",
+        choices=word_vectors.CHOICES,
+        help="pretrained word vectors beside the character features, "
+        "looked up by the lowercased word (frozen; recipes/word_vectors.py); "
+        + note("word_vectors"),
     )
     parser.add_argument(
         "--weight-decay",
@@ -228,7 +240,9 @@ def train(args):
         encoder, tokenizer = run.tokenizer(
             [" ".join(words) for words, _ in train_sentences]
         )
-        splits, truncated = prepare_splits(tokenizer, documents, args)
+        words, vectors = load_word_vectors(args)
+        index = None if words is None else word_vectors.word_index(words)
+        splits, truncated = prepare_splits(tokenizer, documents, args, index)
 
     buckets = keras_tagging.length_buckets(args.max_length)
     train_batches = run.batches(
@@ -239,7 +253,7 @@ def train(args):
         transform=augmentation(tokenizer, args),
     )
     model = ner_model.build_model(
-        args, tokenizer.get_vocab_size(), tag_names, encoder
+        args, tokenizer.get_vocab_size(), tag_names, encoder, vectors
     )
     history = fit(
         run, model, train_batches, splits["validation"], tag_names, buckets
@@ -250,7 +264,10 @@ def train(args):
         scores = evaluate(tagger, splits, tag_names, run.eval_batch_size)
 
     sample = {n: a[:64] for n, a in splits["test"].inputs.items()}
-    run.save(model, sample, {"labels.json": tag_names})
+    files = {"labels.json": tag_names}
+    if words is not None:
+        files[word_vectors.VOCABULARY_FILE] = words
+    run.save(model, sample, files)
     metrics = run.finish(
         run_metrics(scores, history, splits, truncated, tag_names, args)
     )
@@ -275,13 +292,32 @@ def print_data_sizes(documents, tag_names):
     )
 
 
-def prepare_splits(tokenizer, documents, args):
+def load_word_vectors(args):
+    """`(words, vectors)` of `--word-vectors` (its first
+    `args.word_vector_rows`), or `(None, None)`; prints their size."""
+    if args.word_vectors == "none":
+        return None, None
+    words, vectors = word_vectors.load_glove(args.word_vector_rows)
+    print(f"word vectors: {args.word_vectors}, {vectors.shape} (frozen)")
+    return words, vectors
+
+
+def prepare_splits(tokenizer, documents, args, word_index=None):
     """`({split: tagger_inputs.Prepared}, {split: words cut off})`; prints
-    the rows' sizes."""
+    the rows' sizes (and, with `word_index`, the share of words with a
+    vector)."""
     splits = {
-        name: tagger_inputs.prepare(tokenizer, docs, args)
+        name: tagger_inputs.prepare(tokenizer, docs, args, word_index)
         for name, docs in documents.items()
     }
+    if word_index is not None:
+        print(
+            "words with a vector: "
+            + ", ".join(
+                f"{name} {word_vectors.coverage(s.sentences, word_index):.1%}"
+                for name, s in splits.items()
+            )
+        )
     lengths = (splits["train"].inputs["token_ids"] != 0).sum(1)
     truncated = {
         name: tagger_inputs.words_cut_off(split)

@@ -5,7 +5,7 @@ linear-chain CRF or a softmax (see `recipes/ner.py`)."""
 import keras
 
 import keras_selfattn as ksa
-from recipes import crf, tagger_inputs, tagging, training
+from recipes import crf, tagger_inputs, tagging, training, word_vectors
 
 # The character CNN: byte embedding width and filters.
 CHAR_DIM, CHAR_FILTERS = 32, 64
@@ -13,24 +13,29 @@ CHAR_DIM, CHAR_FILTERS = 32, 64
 LOCAL_CONTEXT = 3
 
 
-def build_model(args, vocab_size, tag_names, encoder=None):
-    """Token ids + their words' bytes -> encoder -> tag scores: a
-    linear-chain CRF's emissions (`args.output == "crf"`, a
-    `crf.CRFTagger`) or a softmax. The encoder is `encoder` (pretrained,
-    `--init`) with the character features beside its output, or else
-    blocks trained from scratch over the embeddings and character
-    features."""
+def build_model(args, vocab_size, tag_names, encoder=None, vectors=None):
+    """Token ids + their words' bytes (+ their words' vector ids) ->
+    encoder -> tag scores: a linear-chain CRF's emissions (`args.output ==
+    "crf"`, a `crf.CRFTagger`) or a softmax. The encoder is `encoder`
+    (pretrained, `--init`) with the word features (`word_features`) beside
+    its output, or else blocks trained from scratch over the embeddings
+    and word features. `vectors` (`(words, dim)`, see
+    `recipes.word_vectors`) adds a frozen word-vector lookup."""
     token_ids = keras.Input((None,), dtype="int32", name="token_ids")
     word_chars = keras.Input(
         (None, tagger_inputs.MAX_WORD_BYTES), dtype="int32", name="word_chars"
     )
     inputs = {"token_ids": token_ids, "word_chars": word_chars}
-    chars = char_features(word_chars)
+    if vectors is not None:
+        inputs["word_vector_ids"] = keras.Input(
+            (None,), dtype="int32", name="word_vector_ids"
+        )
+    features = word_features(inputs, vectors)
     if encoder is None:
-        x = scratch_encoder(token_ids, chars, vocab_size, args)
+        x = scratch_encoder(token_ids, features, vocab_size, args)
     else:
         x, _ = training.encode_with(encoder, token_ids)
-        x = keras.layers.Concatenate(name="features")([x, chars])
+        x = keras.layers.Concatenate(name="features")([x, features])
         x = keras.layers.Dropout(args.dropout, name="head_dropout")(x)
     softmax = args.output == "softmax"
     scores = keras.layers.Dense(
@@ -45,6 +50,21 @@ def build_model(args, vocab_size, tag_names, encoder=None):
         *tagging.allowed_transitions(tag_names), name="crf"
     )(scores)
     return crf.CRFTagger(inputs, scores, name="ner_tagger")
+
+
+def word_features(inputs, vectors=None):
+    """What each token's word brings: its character features
+    (`char_features`) and, given `vectors`, the word's pretrained vector
+    (frozen; zeros for a word without one), `(B, L, CHAR_FILTERS [+
+    dim])`."""
+    chars = char_features(inputs["word_chars"])
+    if vectors is None:
+        return chars
+    table = word_vectors.table_with_padding(vectors)
+    lookup = keras.layers.Embedding(
+        *table.shape, weights=table, trainable=False, name="word_vectors"
+    )(inputs["word_vector_ids"])
+    return keras.layers.Concatenate(name="word_features")([chars, lookup])
 
 
 def char_features(word_chars):
@@ -65,9 +85,9 @@ def char_features(word_chars):
     return keras.ops.max(chars, axis=2)
 
 
-def scratch_encoder(token_ids, chars, vocab_size, args):
-    """Embeddings + character features, a local convolution and encoder
-    blocks, all trained from scratch."""
+def scratch_encoder(token_ids, features, vocab_size, args):
+    """Embeddings + word features, a local convolution and encoder
+    blocks, trained from scratch."""
     padding_mask = keras.ops.not_equal(token_ids, 0)
     x = ksa.TokenAndPositionEmbedding(
         vocab_size,
@@ -75,7 +95,7 @@ def scratch_encoder(token_ids, chars, vocab_size, args):
         args.embedding_dim,
         name="token_embedding",
     )(token_ids)
-    x = keras.layers.Concatenate(name="features")([x, chars])
+    x = keras.layers.Concatenate(name="features")([x, features])
     x = keras.layers.Dense(args.embedding_dim, name="feature_projection")(x)
     x = keras.layers.Conv1D(
         args.embedding_dim,

@@ -11,6 +11,7 @@ import collections
 import numpy as np
 
 from keras_selfattn import text
+from recipes import word_vectors
 
 # Characters are UTF-8 bytes + 1 (0 is padding): no vocabulary to store.
 NUM_CHAR_IDS = 257
@@ -26,10 +27,11 @@ tags), `chunks` (per model row, the indices of its sentences), `inputs`
 (see `model_inputs`) and `word_ids` of the rows."""
 
 
-def prepare(tokenizer, documents, settings):
+def prepare(tokenizer, documents, settings, word_index=None):
     """Pack a split's sentences into rows and encode them: one sentence per
     row, or with `settings.context == "document"` as many consecutive
-    sentences of a document as fit in `settings.max_length` tokens."""
+    sentences of a document as fit in `settings.max_length` tokens;
+    `word_index` as `model_inputs` takes it."""
     sentences = [s for document in documents for s in document]
     words = [w for w, _ in sentences]
     if settings.context == "document":
@@ -45,7 +47,7 @@ def prepare(tokenizer, documents, settings):
     encoding = text.encode_words(
         tokenizer, rows, max_length=settings.max_length
     )
-    inputs = model_inputs(encoding, rows)
+    inputs = model_inputs(encoding, rows, word_index)
     return Prepared(sentences, chunks, inputs, encoding.word_ids)
 
 
@@ -74,13 +76,20 @@ def pack_sentences(token_counts, document_ids, budget):
     return chunks
 
 
-def model_inputs(encoding, rows):
-    """The arrays the model reads: "token_ids" and "word_chars" (the bytes
-    of each token's word, see `token_char_ids`)."""
-    return {
+def model_inputs(encoding, rows, word_index=None):
+    """The arrays the model reads: "token_ids", "word_chars" (the bytes of
+    each token's word, see `token_char_ids`) and, given the `word_index`
+    of the model's word vectors (`recipes.word_vectors`),
+    "word_vector_ids" (see `token_word_vector_ids`)."""
+    inputs = {
         "token_ids": encoding.ids,
         "word_chars": token_char_ids(encoding.word_ids, rows, MAX_WORD_BYTES),
     }
+    if word_index is not None:
+        inputs["word_vector_ids"] = token_word_vector_ids(
+            encoding.word_ids, rows, word_index
+        )
+    return inputs
 
 
 def char_ids(word, max_chars):
@@ -113,6 +122,22 @@ def token_char_ids(word_ids, rows, max_chars):
         word_chars = np.stack([char_ids(w, max_chars) for w in words])
         chars[row, positions] = word_chars[word_ids[row, positions]]
     return chars
+
+
+def token_word_vector_ids(word_ids, rows, word_index):
+    """Ids `(n, L)` of the vector of the word each token belongs to
+    (`word_vectors.word_rows`; 0 where there is no word or no vector).
+
+    >>> token_word_vector_ids([[-1, 0, 0, 1]], [["Paris", "is"]],
+    ...                       {"paris": 6}).tolist()
+    [[0, 7, 7, 0]]
+    """
+    word_ids = np.asarray(word_ids)
+    ids = np.zeros(word_ids.shape, dtype=np.int32)
+    for row, row_ids in enumerate(word_vectors.word_rows(rows, word_index)):
+        positions = np.flatnonzero(word_ids[row] >= 0)
+        ids[row, positions] = row_ids[word_ids[row, positions]]
+    return ids
 
 
 def word_positions(word_ids, chunks, sentence_lengths):

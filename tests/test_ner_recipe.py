@@ -1,7 +1,8 @@
 """The NER recipe end to end (--smoke), and its model across backends.
 
-Runs on small CoNLL files written here (`--data`), so it needs no
-download; the CoNLL-2003 loader itself is tested in test_data.py.
+Runs on small CoNLL files written here (`--data`); the smoke run reads
+GloVe's word vectors (a download when not cached). The CoNLL-2003 loader
+itself is tested in test_data.py.
 """
 
 import json
@@ -118,6 +119,8 @@ def trained(tmp_path_factory):
             "2",
             "--word-dropout",
             "0.05",
+            "--word-vectors",
+            "glove-6b-50d",
         )
     )
     return out, stdout
@@ -133,8 +136,13 @@ def test_smoke_run_writes_everything(trained):
         "learning_curves.png",
         "history.csv",
         "train.log",
+        "word_vectors.json",
     ):
         assert (out / name).stat().st_size > 0, name
+    # --smoke keeps GloVe's 20,000 most frequent words.
+    words = json.loads((out / "word_vectors.json").read_text())
+    assert len(words) == 20000 and words[:3] == ["the", ",", "."]
+    assert "word vectors: glove-6b-50d, (20000, 50) (frozen)" in stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backend"] == BACKEND
     assert json.loads((out / "labels.json").read_text()) == [
