@@ -1,10 +1,14 @@
-"""The sentiment recipe's reviews, with no Keras: their token ids (in
-training, `predict` and `predict --artifact` alike), the line `predict`
-prints for each, and the short reviews every run is checked on."""
+"""The sentiment recipe's reviews, with no Keras: the splits a run
+trains on, their token ids (in training, `predict` and `predict
+--artifact` alike), the line `predict` prints for each, and the short
+reviews every run is checked on."""
 
 import numpy as np
 
 from keras_selfattn import text
+from recipes import data, splitting
+
+LABEL_NAMES = ("negative", "positive")
 
 # One-sentence reviews written for the sentiment recipe: what people type
 # into `predict`. The model (and the baseline) are checked on them after
@@ -31,6 +35,42 @@ SHORT_REVIEWS = [
     ("A waste of a talented cast.", 0),
     ("Painfully bad from the first scene.", 0),
 ]
+
+
+def load_splits(args):
+    """Train/validation/test texts and labels, and a description."""
+    if args.data:
+        texts, labels, names = data.load_text_csv(
+            args.data, args.text_column, args.label_column
+        )
+        if len(names) != 2:
+            raise ValueError(
+                "This recipe trains a binary classifier; `--data` has "
+                f"{len(names)} labels: {names}"
+            )
+        splits, info = splitting.split_dataset(
+            texts, labels, 0.2, 0.1, args.seed, label_names=names
+        )
+        info["dataset"] = str(args.data)
+        return cap_splits(splits, info, args), info, tuple(names)
+    texts, labels = data.load_imdb()
+    splits, info = data.split_imdb(texts, labels, seed=args.seed)
+    if args.smoke:
+        splits, _ = splitting.first_rows(
+            splits, dict(zip(splits, (600, 200, 200)))
+        )
+        info["smoke"] = {name: len(s[0]) for name, s in splits.items()}
+    return cap_splits(splits, info, args), info, LABEL_NAMES
+
+
+def cap_splits(splits, info, args):
+    """The first `--train-size` / `--test-size` rows of the (shuffled,
+    stratified) splits; the sizes used are recorded in `info`."""
+    sizes = {"train": args.train_size, "test": args.test_size}
+    splits, cut = splitting.first_rows(splits, sizes)
+    if cut:
+        info["subset"] = cut
+    return splits
 
 
 def short_reviews():

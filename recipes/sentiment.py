@@ -22,6 +22,8 @@ tokenizer trained on the training split; long reviews keep head and tail.
 Model (README, Sentiment): a Transformer encoder's score plus an NBSVM
 score of hashed token n-grams (`recipes/ngrams.py`; `--no-ngram-branch`,
 `--no-encoder`), a logistic output; batches padded to length buckets.
+`--mlm-epochs N` first pretrains the encoder as a masked language model
+on the training reviews (`recipes/pretraining.py`).
 The run also prints a TF-IDF + logistic regression baseline on the same
 split (`--no-baseline`). `--precision auto|float32|bfloat16`:
 `recipes/precision.py`.
@@ -63,17 +65,13 @@ from recipes import (
     baseline,
     batching,
     cli,
-    data,
     explaining,
     ngrams,
     predict_command,
+    pretraining,
     reviews,
-    splitting,
     training,
 )
-
-LABEL_NAMES = ("negative", "positive")
-
 
 # Settings whose default depends on the mode (see `cli.ModeDefaults`).
 DEFAULTS = {
@@ -155,6 +153,17 @@ def parse_args(argv=None):
             "--no-encoder leaves the n-gram branch alone: it needs "
             "--ngram-branch and no --init"
         )
+    if args.mlm_epochs < 0:
+        parser.error(
+            f"--mlm-epochs must be 0 or more. Received: {args.mlm_epochs}"
+        )
+    if args.mlm_epochs and not (args.encoder and args.init is None):
+        parser.error(
+            "--mlm-epochs pretrains the encoder trained from scratch: it "
+            "needs the encoder (no --no-encoder) and no --init. Received: "
+            f"--mlm-epochs {args.mlm_epochs}, --init {args.init}, "
+            f"--encoder {args.encoder}"
+        )
     return args
 
 
@@ -202,45 +211,17 @@ def add_model_arguments(parser):
         help="the Transformer encoder's score (`--no-encoder`: the n-gram "
         "branch alone, for comparison). Default on",
     )
+    parser.add_argument(
+        "--mlm-epochs",
+        type=int,
+        default=0,
+        help="first pretrain the encoder as a masked language model on the "
+        "training reviews for this many epochs (recipes/pretraining.py; "
+        "from scratch only). Default 0",
+    )
 
 
 # ---------------------------------------------------------------- data
-
-
-def load_splits(args):
-    """Train/validation/test texts and labels, and a description."""
-    if args.data:
-        texts, labels, names = data.load_text_csv(
-            args.data, args.text_column, args.label_column
-        )
-        if len(names) != 2:
-            raise ValueError(
-                "This recipe trains a binary classifier; `--data` has "
-                f"{len(names)} labels: {names}"
-            )
-        splits, info = splitting.split_dataset(
-            texts, labels, 0.2, 0.1, args.seed, label_names=names
-        )
-        info["dataset"] = str(args.data)
-        return cap_splits(splits, info, args), info, tuple(names)
-    texts, labels = data.load_imdb()
-    splits, info = data.split_imdb(texts, labels, seed=args.seed)
-    if args.smoke:
-        splits, _ = splitting.first_rows(
-            splits, dict(zip(splits, (600, 200, 200)))
-        )
-        info["smoke"] = {name: len(s[0]) for name, s in splits.items()}
-    return cap_splits(splits, info, args), info, LABEL_NAMES
-
-
-def cap_splits(splits, info, args):
-    """The first `--train-size` / `--test-size` rows of the (shuffled,
-    stratified) splits; the sizes used are recorded in `info`."""
-    sizes = {"train": args.train_size, "test": args.test_size}
-    splits, cut = splitting.first_rows(splits, sizes)
-    if cut:
-        info["subset"] = cut
-    return splits
 
 
 # ---------------------------------------------------------------- model
@@ -284,6 +265,13 @@ def encoder_score(token_ids, vocab_size, args, encoder=None):
     return keras.layers.Dense(1, name="encoder_score")(x)
 
 
+def encoder_states(model, args):
+    """The part of `model` from token ids to its scratch encoder's states
+    (the last block's output): the same layers, so the same weights."""
+    last = model.get_layer(f"encoder_{args.num_layers - 1}")
+    return keras.Model(model.input, last.output, name="encoder")
+
+
 def scratch_encoder(token_ids, vocab_size, args):
     """Embeddings and encoder blocks trained from scratch; the output
     carries the padding mask (`mask_zero`)."""
@@ -310,7 +298,7 @@ def train(args):
     run = training.Run(args)
 
     with run.phase("data"):
-        splits, split_info, label_names = load_splits(args)
+        splits, split_info, label_names = reviews.load_splits(args)
         print(f"split: {split_info}")
 
     with run.phase("tokenize"):
@@ -321,6 +309,16 @@ def train(args):
     model = build_model(args, tokenizer.get_vocab_size(), encoder)
     if args.ngram_branch:
         model.get_layer("ngram_score").adapt(*encoded["train"])
+    if args.mlm_epochs:
+        with run.phase("pretrain"):
+            pretraining.pretrain(
+                run,
+                encoder_states(model, args),
+                encoded["train"][0],
+                tokenizer.get_vocab_size(),
+                batching.bucket_lengths(args.max_length),
+                args.mlm_epochs,
+            )
     fit(run, model, batches)
 
     with run.phase("evaluate"):

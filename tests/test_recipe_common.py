@@ -370,6 +370,21 @@ def test_no_encoder_needs_the_ngram_branch_alone(extra, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--mlm-epochs", "-1"], "--mlm-epochs must be 0 or more"),
+        (["--mlm-epochs", "1", "--init", "x"], "--init x"),
+        (["--mlm-epochs", "1", "--no-encoder"], "--encoder False"),
+    ],
+)
+def test_mlm_pretraining_needs_the_scratch_encoder(extra, message, capsys):
+    assert sentiment.parse_args(["--mlm-epochs", "2"]).mlm_epochs == 2
+    with pytest.raises(SystemExit):
+        sentiment.parse_args(extra)
+    assert message in capsys.readouterr().err
+
+
 def test_sizes_given_win_over_the_defaults():
     args = sentiment.parse_args(
         ["--epochs", "3", "--batch-size", "5", "--max-length", "7"]

@@ -79,7 +79,7 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sentiment")
     write_reviews(tmp / "reviews.csv")
     out = tmp / "run"
-    return out, run(smoke_args(tmp, out))
+    return out, run(smoke_args(tmp, out, "--mlm-epochs", "2"))
 
 
 def test_smoke_run_writes_everything(trained):
@@ -106,6 +106,14 @@ def test_smoke_run_writes_everything(trained):
     assert "TF-IDF + LR" in stdout
     assert metrics["precision"]["used"] in ("float32", "bfloat16")
     assert metrics["settings"]["precision"] == "auto"
+    # --mlm-epochs 2: the encoder first learns to fill in masked tokens.
+    losses = [
+        float(line.rsplit(" ", 1)[1])
+        for line in stdout.splitlines()
+        if line.startswith("masked-LM epoch")
+    ]
+    assert len(losses) == 2 and losses[1] < losses[0], losses
+    assert "pretrain" in metrics["phase_seconds"]
 
 
 PREDICT_TEXTS = ["a wonderful and superb film", "boring and awful plot"]
