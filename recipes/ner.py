@@ -28,7 +28,9 @@ document. `--init DIR` takes another BERT checkpoint directory. `--lora
 RANK` freezes the encoder but for LoRA adapters of that rank on its
 query and value projections (`keras_selfattn.lora.enable_lora`);
 the character CNN and the output layer train in full. The run prints
-how many weights train.
+how many weights train. `--word-vectors glove-6b-50d` puts pretrained
+GloVe vectors of each token's word beside the character CNN
+(`recipes/word_vectors.py`; frozen, in the model).
 
 `--init none` trains from scratch instead: a WordPiece tokenizer trained
 on the training split, token + position embeddings plus the character
