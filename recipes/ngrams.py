@@ -137,8 +137,8 @@ class NgramScore(keras.layers.Layer):
         if self.weighting == "sqrt_count":
             return self._sqrt_count_score(ids) * self.learning_rate_scale
         grams, first = _distinct(self, ids)
-        weights = ops.take(self.table, grams)
-        weights = weights * ops.take(self.log_count_ratio, grams)
+        weights = _lookup(self.table, grams)
+        weights = weights * _lookup(self.log_count_ratio, grams)
         weights = ops.where(first, weights, 0.0)
         total = ops.sum(weights, axis=tuple(range(1, len(weights.shape))))
         total = ops.expand_dims(total, 1)
@@ -148,8 +148,8 @@ class NgramScore(keras.layers.Layer):
         bigrams, paired = _bigrams(self, ids)
         present = ops.cast(ids != 0, "float32")
         paired = ops.cast(paired, "float32")
-        weights = ops.take(self.table, ids) * present
-        weights = weights + ops.take(self.table, bigrams) * paired
+        weights = _lookup(self.table, ids) * present
+        weights = weights + _lookup(self.table, bigrams) * paired
         count = ops.sum(present, axis=1, keepdims=True)
         count = ops.maximum(count + ops.sum(paired, axis=1, keepdims=True), 1.0)
         total = ops.sum(weights, axis=1, keepdims=True)
@@ -174,6 +174,14 @@ class NgramScore(keras.layers.Layer):
     def from_config(cls, config):
         # Saved before `weighting` existed: the sqrt-count score.
         return cls(**{"weighting": "sqrt_count", **config})
+
+
+def _lookup(vector, ids):
+    """`vector[ids]`, as an embedding lookup (a one-column table, axis 0):
+    torch's ONNX export writes a 1-D `take` with a Squeeze that
+    onnxruntime rejects for any index count but one."""
+    table = ops.reshape(vector, (-1, 1))
+    return ops.take(table, ids, axis=0)[..., 0]
 
 
 def _bigrams(layer, ids):

@@ -97,6 +97,32 @@ def test_ngram_score_sqrt_count_weighting_and_its_old_configs():
         layer.adapt(ids, np.ones(3))
 
 
+# keras' exporters warn about their own internals (as in test_export.py).
+@pytest.mark.filterwarnings(
+    "ignore::DeprecationWarning",
+    "ignore::FutureWarning",
+    "ignore::UserWarning",
+)
+def test_ngram_score_serves_from_onnx(tmp_path):
+    """The n-gram branch as `export` writes it runs in onnxruntime (torch's
+    exporter wrote a 1-D lookup as a Squeeze onnxruntime rejects)."""
+    from recipes import deploy, exporting
+
+    rng = np.random.default_rng(0)
+    token_ids = keras.Input((None,), dtype="int32", name="token_ids")
+    layer = ngrams.NgramScore(50, 997)
+    model = keras.Model(token_ids, layer(token_ids))
+    layer.table.assign(rng.normal(size=997).astype("float32"))
+    layer.log_count_ratio.assign(rng.normal(size=997).astype("float32"))
+    ids = rng.integers(1, 50, (4, 12)).astype("int32")
+    ids[0, 5:] = 0
+    path = exporting.export_artifact(model, tmp_path, "onnx", ids)
+    served = deploy.load_artifact(path)(ids)
+    np.testing.assert_allclose(
+        served, model.predict(ids, verbose=0), atol=1e-5, rtol=0
+    )
+
+
 def test_ngram_score_refuses_bad_settings():
     with pytest.raises(ValueError, match="vocab_size=50000"):
         ngrams.NgramScore(50000)
