@@ -153,16 +153,12 @@ def parse_args(argv=None):
             "--no-encoder leaves the n-gram branch alone: it needs "
             "--ngram-branch and no --init"
         )
-    if args.mlm_epochs < 0:
+    from_scratch = args.encoder and args.init is None
+    if args.mlm_epochs < 0 or (args.mlm_epochs and not from_scratch):
         parser.error(
-            f"--mlm-epochs must be 0 or more. Received: {args.mlm_epochs}"
-        )
-    if args.mlm_epochs and not (args.encoder and args.init is None):
-        parser.error(
-            "--mlm-epochs pretrains the encoder trained from scratch: it "
-            "needs the encoder (no --no-encoder) and no --init. Received: "
-            f"--mlm-epochs {args.mlm_epochs}, --init {args.init}, "
-            f"--encoder {args.encoder}"
+            "--mlm-epochs must be 0 or more; it pretrains the encoder trained "
+            "from scratch (no --no-encoder, no --init). Received: --mlm-epochs"
+            f" {args.mlm_epochs}, --init {args.init}, --encoder {args.encoder}"
         )
     return args
 

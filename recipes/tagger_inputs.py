@@ -113,31 +113,43 @@ def token_char_ids(word_ids, rows, max_chars):
         rows: per row, its list of words.
         max_chars: bytes kept per word (see `char_ids`).
     """
-    word_ids = np.asarray(word_ids)
-    chars = np.zeros((*word_ids.shape, max_chars), dtype=np.int32)
-    for row, words in enumerate(rows):
-        positions = np.flatnonzero(word_ids[row] >= 0)
-        if not len(positions):
-            continue
-        word_chars = np.stack([char_ids(w, max_chars) for w in words])
-        chars[row, positions] = word_chars[word_ids[row, positions]]
-    return chars
+    return spread_to_tokens(
+        word_ids,
+        rows,
+        lambda words: np.stack([char_ids(w, max_chars) for w in words]),
+        (max_chars,),
+    )
 
 
 def token_word_vector_ids(word_ids, rows, word_index):
     """Ids `(n, L)` of the vector of the word each token belongs to
-    (`word_vectors.word_rows`; 0 where there is no word or no vector).
+    (`word_vectors.vector_ids`; 0 where there is no word or no vector).
 
     >>> token_word_vector_ids([[-1, 0, 0, 1]], [["Paris", "is"]],
     ...                       {"paris": 6}).tolist()
     [[0, 7, 7, 0]]
     """
+    return spread_to_tokens(
+        word_ids, rows, lambda words: word_vectors.vector_ids(words, word_index)
+    )
+
+
+def spread_to_tokens(word_ids, rows, per_word, shape=()):
+    """Int32 `(n, L, *shape)`: at each token, its word's entry of
+    `per_word(words)` (an array over a row's words, computed only for rows
+    with a token of a word); zeros where a token has no word.
+
+    >>> spread_to_tokens([[-1, 0, 1, 1]], [["a", "b"]],
+    ...                  lambda words: np.array([5, 6])).tolist()
+    [[0, 5, 6, 6]]
+    """
     word_ids = np.asarray(word_ids)
-    ids = np.zeros(word_ids.shape, dtype=np.int32)
-    for row, row_ids in enumerate(word_vectors.word_rows(rows, word_index)):
+    out = np.zeros((*word_ids.shape, *shape), dtype=np.int32)
+    for row, words in enumerate(rows):
         positions = np.flatnonzero(word_ids[row] >= 0)
-        ids[row, positions] = row_ids[word_ids[row, positions]]
-    return ids
+        if len(positions):
+            out[row, positions] = per_word(words)[word_ids[row, positions]]
+    return out
 
 
 def word_positions(word_ids, chunks, sentence_lengths):

@@ -8,8 +8,8 @@ beside it (`VOCABULARY_FILE`), so tagging raw text, with Keras or from an
 exported artifact, looks words up the same way.
 
     >>> index = {"paris": 0, "the": 1}
-    >>> [row.tolist() for row in word_rows([["Paris", "THE", "Quito"]], index)]
-    [[1, 2, 0]]
+    >>> vector_ids(["Paris", "THE", "Quito"], index).tolist()
+    [1, 2, 0]
 """
 
 import io
@@ -55,7 +55,7 @@ def load_glove(rows=None, cache_dir=None, downloader=None):
 
 def table_with_padding(vectors):
     """The model's embedding table: a row of zeros (padding, and words
-    without a vector) before `vectors`, so `word_rows` ids index it."""
+    without a vector) before `vectors`, so `vector_ids` index it."""
     zeros = np.zeros((1, vectors.shape[1]), vectors.dtype)
     return np.concatenate([zeros, vectors])
 
@@ -68,21 +68,17 @@ def word_index(words):
     return index
 
 
-def word_rows(rows, index):
-    """Per row of words, the id of each lowercased word's vector in
-    `table_with_padding`'s table: its row in `index` plus one, 0 where it
-    has none."""
-    return [
-        np.array([index.get(w.lower(), -1) + 1 for w in words], np.int32)
-        for words in rows
-    ]
+def vector_ids(words, index):
+    """The id of each lowercased word's vector in `table_with_padding`'s
+    table: its row in `index` plus one, 0 where it has none."""
+    return np.array([index.get(w.lower(), -1) + 1 for w in words], np.int32)
 
 
 def coverage(sentences, index):
     """Share of the words of `sentences` (`(words, tags)` pairs) that have
     a vector in `index`."""
-    words = [w.lower() for words, _ in sentences for w in words]
-    return sum(w in index for w in words) / max(len(words), 1)
+    ids = vector_ids([w for words, _ in sentences for w in words], index)
+    return float((ids > 0).mean()) if len(ids) else 0.0
 
 
 def read_index(folder):
