@@ -171,6 +171,9 @@ def parse_args(parser, argv, modes):
         args.init = None
     if args.lora and args.learning_rate is None:
         args.learning_rate = LORA_LEARNING_RATE
+    if args.lora and getattr(args, "new_layers_learning_rate", 0) is None:
+        # LoRA runs were measured with one rate for every layer (README).
+        args.new_layers_learning_rate = args.learning_rate
     modes.apply(args)
     if args.command is None:  # training
         distributed.check_args(parser, args)

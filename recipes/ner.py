@@ -104,6 +104,7 @@ DEFAULTS = {
     "output": "crf",
     "word_vectors": "none",
     "word_vector_rows": None,
+    "new_layers_learning_rate": None,
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
@@ -114,14 +115,15 @@ SMOKE_DEFAULTS = {
     "word_vector_rows": 20000,
 }
 # `--init` (the default): fine-tuning a pretrained encoder wants a small
-# learning rate, its own dropout, few epochs and whole-document context;
-# 8 rows a batch (32 give too few steps an epoch) and 5 epochs (on torch
-# in bfloat16, 15 minutes here for 0.883 test F1; 0.876 after 4, 0.861
-# after 2; README, NER).
+# learning rate (the layers trained from scratch beside it a larger one,
+# the from-scratch model's), its own dropout, few epochs and
+# whole-document context; 8 rows a batch (32 give too few steps an epoch)
+# and 5 epochs (README, NER).
 INIT_DEFAULTS = {
     "epochs": 5,
     "batch_size": 8,
     "learning_rate": 2e-4,
+    "new_layers_learning_rate": 1e-3,
     "dropout": 0.1,
     "word_dropout": 0.0,
     "weight_decay": 0.01,
@@ -168,7 +170,24 @@ def parse_args(argv=None):
         type=float,
         help="AdamW's; " + note("weight_decay"),
     )
-    return cli.parse_args(parser, argv, MODES)
+    parser.add_argument(
+        "--new-layers-learning-rate",
+        type=float,
+        help="with --init: the learning rate of the layers trained from "
+        "scratch beside the pretrained encoder (character CNN, output; "
+        "--learning-rate is the encoder's); with --lora it defaults to "
+        "--learning-rate; " + note("new_layers_learning_rate"),
+    )
+    args = cli.parse_args(parser, argv, MODES)
+    new_rate = args.new_layers_learning_rate
+    if args.command is None and new_rate is not None and not args.init:
+        parser.error(
+            "--new-layers-learning-rate sets the layers beside a pretrained "
+            "encoder apart: it needs --init (from scratch, --init none, "
+            "every layer is new and trains at --learning-rate). Received: "
+            f"--new-layers-learning-rate {new_rate}"
+        )
+    return args
 
 
 # ---------------------------------------------------------------- data
@@ -257,8 +276,22 @@ def train(args):
     model = ner_model.build_model(
         args, tokenizer.get_vocab_size(), tag_names, encoder, vectors
     )
+    scales = ner_model.learning_rate_scales(model, encoder, args)
+    if scales:
+        new = [v for v in model.trainable_weights if v.path in scales]
+        print(
+            f"learning rate {args.learning_rate:g} for the pretrained "
+            f"encoder, {args.new_layers_learning_rate:g} for the "
+            f"{training.count_weights(new):,} weights trained from scratch"
+        )
     history = fit(
-        run, model, train_batches, splits["validation"], tag_names, buckets
+        run,
+        model,
+        train_batches,
+        splits["validation"],
+        tag_names,
+        buckets,
+        scales,
     )
 
     with run.phase("evaluate"):
@@ -334,10 +367,11 @@ def prepare_splits(tokenizer, documents, args, word_index=None):
     return splits, truncated
 
 
-def fit(run, model, train_batches, validation, tag_names, buckets):
-    """Per-token cross-entropy, or the CRF's own (`crf.CRFTagger`), AdamW;
-    keeps the epoch of the best entity F1 on `validation` (a prepared
-    split). Returns the history."""
+def fit(run, model, train_batches, validation, tag_names, buckets, scales):
+    """Per-token cross-entropy, or the CRF's own (`crf.CRFTagger`), AdamW
+    (the learning rate times `scales` for some weights, see
+    `ner_model.learning_rate_scales`); keeps the epoch of the best entity
+    F1 on `validation` (a prepared split). Returns the history."""
     args = run.args
     loss = None
     if args.output == "softmax":
@@ -348,6 +382,7 @@ def fit(run, model, train_batches, validation, tag_names, buckets):
         model,
         steps=len(train_batches) * args.epochs,
         weight_decay=args.weight_decay,
+        learning_rate_scales=scales,
         loss=loss,
     )
     validation_f1 = keras_tagging.EntityF1(

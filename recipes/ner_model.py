@@ -52,6 +52,23 @@ def build_model(args, vocab_size, tag_names, encoder=None, vectors=None):
     return crf.CRFTagger(inputs, scores, name="ner_tagger")
 
 
+def learning_rate_scales(model, encoder, args):
+    """`{variable path: factor}` for `optimizers.ScaledAdamW`: the weights
+    of `model` that do not come from the pretrained `encoder` (character
+    CNN, output) train at `args.new_layers_learning_rate`, the encoder's
+    at `args.learning_rate`. `{}` from scratch or when the two are equal.
+    """
+    new_rate = args.new_layers_learning_rate
+    if encoder is None or new_rate in (None, args.learning_rate):
+        return {}
+    pretrained = {id(v) for v in encoder.weights}
+    return {
+        v.path: new_rate / args.learning_rate
+        for v in model.trainable_weights
+        if id(v) not in pretrained
+    }
+
+
 def word_features(inputs, vectors=None):
     """What each token's word brings: its character features
     (`char_features`) and, given `vectors`, the word's pretrained vector

@@ -36,6 +36,7 @@ from recipes import (
     batching,
     distributed,
     exporting,
+    optimizers,
     precision,
     reporting,
 )
@@ -114,17 +115,28 @@ class Run:
             )
         return batches
 
-    def compile(self, model, steps, weight_decay, **options):
+    def compile(
+        self, model, steps, weight_decay, learning_rate_scales=None, **options
+    ):
         """`model.compile` with AdamW, learning rate `--learning-rate` with
-        warm-up and cosine decay over `steps`, XLA except on torch (eager),
-        and `options` (loss, metrics); prints the summary, how many
-        weights train and, under `--distribute`, where each weight
-        sits."""
+        warm-up and cosine decay over `steps` (times a factor for the
+        weights in `learning_rate_scales`, see `optimizers.ScaledAdamW`),
+        XLA except on torch (eager), and `options` (loss, metrics); prints
+        the summary, how many weights train and, under `--distribute`,
+        where each weight sits."""
         schedule = warmup_cosine(self.args.learning_rate, steps)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(
+        if learning_rate_scales:  # model.keras then names our class
+            optimizer = optimizers.ScaledAdamW(
+                schedule,
+                weight_decay=weight_decay,
+                learning_rate_scales=learning_rate_scales,
+            )
+        else:
+            optimizer = keras.optimizers.AdamW(
                 schedule, weight_decay=weight_decay
-            ),
+            )
+        model.compile(
+            optimizer=optimizer,
             jit_compile=keras.backend.backend() != "torch",
             **options,
         )

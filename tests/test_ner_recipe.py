@@ -7,6 +7,8 @@ itself is tested in test_data.py.
 
 import json
 from pathlib import Path
+import re
+import zipfile
 
 import numpy as np
 import pytest
@@ -270,13 +272,34 @@ def test_init_fine_tunes_a_pretrained_encoder(tmp_path):
     # the smoke default of 16, 9 steps: too few for a random encoder).
     stdout = run(
         smoke_args(
-            tmp_path, out, "--init", str(checkpoint), "--batch-size", "2"
+            tmp_path,
+            out,
+            "--init",
+            str(checkpoint),
+            "--batch-size",
+            "2",
+            "--new-layers-learning-rate",
+            "1.5e-2",
         )
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["settings"]["init"] == str(checkpoint)
     assert metrics["settings"]["dropout"] == 0.1  # --init default
     assert "pretrained encoder" in stdout
+    # The layers trained from scratch, and only they, take 5x the step.
+    new_layers = r"0\.015 for the [\d,]+ weights trained from scratch"
+    assert re.search(new_layers, stdout)
+    with zipfile.ZipFile(out / "model.keras") as archive:
+        optimizer = json.loads(archive.read("config.json"))["compile_config"][
+            "optimizer"
+        ]
+    scales = optimizer["config"]["learning_rate_scales"]
+    assert {path.split("/")[0] for path in scales} == {
+        "char_embedding",
+        "char_conv",
+        "tags",
+    }
+    assert set(scales.values()) == {5.0}
     assert reload_difference(stdout) < 1e-6
     assert metrics["test_f1"] >= 0.9, metrics["test_f1"]
     text = "Maria Nowak visited Oslo on Monday."

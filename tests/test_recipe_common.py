@@ -16,8 +16,10 @@ from keras_selfattn.downloads import atomic_write
 import recipes
 from recipes import (
     batching,
+    cli,
     ner,
     ngrams,
+    optimizers,
     precision,
     reviews,
     sentiment,
@@ -331,6 +333,75 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
     # when it first builds the train step.
     assert 1 <= CountTraces.traces <= len(shapes) + 1
     assert 2 * len(batches) > 4 * len(shapes)  # many steps, few programs
+
+
+def _dense_heads(count, rng):
+    """`count` Dense layers named "head" with the same random weights."""
+    layers = [keras.layers.Dense(3, name="head") for _ in range(count)]
+    for layer in layers:
+        layer.build((None, 4))
+    values = [rng.normal(size=v.shape) for v in layers[0].trainable_variables]
+    for layer in layers:
+        for variable, value in zip(layer.trainable_variables, values):
+            variable.assign(value)
+    return layers
+
+
+def test_scaled_adamw_steps_named_weights_at_their_factor():
+    """Against plain AdamW at the base rate (the kernel) and at 5x (the
+    bias), weights copied; no weight decay (it stays at the plain rate)."""
+    rng = np.random.default_rng(0)
+    scaled_layer, plain_layer, fast_layer = _dense_heads(3, rng)
+    scaled = optimizers.ScaledAdamW(
+        1e-2, weight_decay=0.0, learning_rate_scales={"head/bias": 5}
+    )
+    plain = keras.optimizers.AdamW(1e-2, weight_decay=0.0)
+    fast = keras.optimizers.AdamW(5e-2, weight_decay=0.0)
+    for _ in range(3):
+        grads = [
+            keras.ops.convert_to_tensor(rng.normal(size=v.shape), "float32")
+            for v in scaled_layer.trainable_variables
+        ]
+        for optimizer, layer in (
+            (scaled, scaled_layer),
+            (plain, plain_layer),
+            (fast, fast_layer),
+        ):
+            optimizer.apply(grads, layer.trainable_variables)
+    numpy = keras.ops.convert_to_numpy
+    np.testing.assert_allclose(
+        numpy(scaled_layer.kernel), numpy(plain_layer.kernel), atol=1e-6
+    )
+    np.testing.assert_allclose(
+        numpy(scaled_layer.bias), numpy(fast_layer.bias), atol=1e-6
+    )
+    assert not np.allclose(numpy(plain_layer.bias), numpy(fast_layer.bias))
+    restored = optimizers.ScaledAdamW.from_config(scaled.get_config())
+    assert restored.learning_rate_scales == {"head/bias": 5.0}
+
+
+def test_scaled_adamw_refuses_bad_factors_and_unknown_weights():
+    with pytest.raises(ValueError, match="positive factors.*'head/bias': 0"):
+        optimizers.ScaledAdamW(1e-3, learning_rate_scales={"head/bias": 0})
+    (layer,) = _dense_heads(1, np.random.default_rng(0))
+    optimizer = optimizers.ScaledAdamW(
+        1e-3, learning_rate_scales={"tags/bias": 2.0}
+    )
+    with pytest.raises(ValueError, match=r"does not update: \['tags/bias'\]"):
+        optimizer.build(layer.trainable_variables)
+
+
+def test_new_layers_learning_rate_defaults_and_checks(capsys):
+    assert ner.parse_args([]).new_layers_learning_rate == 1e-3
+    assert ner.parse_args(["--init", "none"]).new_layers_learning_rate is None
+    # LoRA's measured runs train every layer at its one learning rate.
+    lora = ner.parse_args(["--lora", "8"])
+    assert lora.new_layers_learning_rate == cli.LORA_LEARNING_RATE
+    given = ner.parse_args(["--new-layers-learning-rate", "5e-4"])
+    assert given.new_layers_learning_rate == 5e-4
+    with pytest.raises(SystemExit):
+        ner.parse_args(["--init", "none", "--new-layers-learning-rate", "1"])
+    assert "it needs --init" in capsys.readouterr().err
 
 
 def test_defaults_layer_smoke_then_init_then_plain():
