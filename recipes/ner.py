@@ -24,10 +24,13 @@ all-MiniLM-L6-v2`, built from our layers by `keras_selfattn.pretrained`,
 with its own uncased tokenizer) fine-tuned with a character CNN over the
 UTF-8 bytes of each token's word beside its output, so case and spelling
 reach the per-token softmax; rows hold consecutive sentences of a
-document. `--init DIR` takes another BERT checkpoint directory. `--lora
-RANK` freezes the encoder but for LoRA adapters of that rank on its
-query and value projections (`keras_selfattn.lora.enable_lora`);
-the character CNN and the output layer train in full. The run prints
+document. The character CNN and the output layer, trained from scratch,
+learn at `--new-layers-learning-rate`, the encoder at `--learning-rate`
+(`recipes/optimizers.py`). `--init DIR` takes another BERT checkpoint
+directory. `--lora RANK` freezes the encoder but for LoRA adapters of
+that rank on its query and value projections
+(`keras_selfattn.lora.enable_lora`); the character CNN and the output
+layer train in full. The run prints
 how many weights train. `--word-vectors glove-6b-50d` puts pretrained
 GloVe vectors of each token's word beside the character CNN
 (`recipes/word_vectors.py`; frozen, in the model).
