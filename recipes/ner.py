@@ -107,7 +107,6 @@ DEFAULTS = {
     "output": "crf",
     "word_vectors": "none",
     "word_vector_rows": None,
-    "new_layers_learning_rate": None,
 }
 SMOKE_DEFAULTS = {
     "epochs": 1,
