@@ -8,7 +8,8 @@ scratch beside a pretrained encoder want a larger step than the encoder
     >>> optimizer = ScaledAdamW(0.01, learning_rate_scales={"head/bias": 5})
     >>> grads = [keras.ops.ones((1, 1)), keras.ops.ones((1,))]
     >>> optimizer.apply(grads, head.trainable_variables)
-    >>> [round(float(keras.ops.sum(w)), 4) for w in head.trainable_variables]
+    >>> weights = [keras.ops.convert_to_numpy(w) for w in head.weights]
+    >>> [round(float(w.sum()), 4) for w in weights]
     [-0.01, -0.05]
 """
 
