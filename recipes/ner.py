@@ -26,14 +26,8 @@ UTF-8 bytes of each token's word beside its output, so case and spelling
 reach the per-token softmax; rows hold consecutive sentences of a
 document. The character CNN and the output layer, trained from scratch,
 learn at `--new-layers-learning-rate`, the encoder at `--learning-rate`
-(`recipes/optimizers.py`). `--init DIR` takes another BERT checkpoint
-directory. `--lora RANK` freezes the encoder but for LoRA adapters of
-that rank on its query and value projections
-(`keras_selfattn.lora.enable_lora`); the character CNN and the output
-layer train in full. The run prints
-how many weights train. `--word-vectors glove-6b-50d` puts pretrained
-GloVe vectors of each token's word beside the character CNN
-(`recipes/word_vectors.py`; frozen, in the model).
+(`recipes/optimizers.py`). `--init DIR`, `--lora RANK` and
+`--word-vectors glove-6b-50d`: see `--help` and the README.
 
 `--init none` trains from scratch instead: a WordPiece tokenizer trained
 on the training split, token + position embeddings plus the character
@@ -184,10 +178,9 @@ def parse_args(argv=None):
     new_rate = args.new_layers_learning_rate
     if args.command is None and new_rate is not None and not args.init:
         parser.error(
-            "--new-layers-learning-rate sets the layers beside a pretrained "
-            "encoder apart: it needs --init (from scratch, --init none, "
-            "every layer is new and trains at --learning-rate). Received: "
-            f"--new-layers-learning-rate {new_rate}"
+            "--new-layers-learning-rate: it needs --init (from scratch, "
+            "every layer is new). Received: --new-layers-learning-rate "
+            f"{new_rate}"
         )
     return args
 
@@ -263,7 +256,9 @@ def train(args):
         encoder, tokenizer = run.tokenizer(
             [" ".join(words) for words, _ in train_sentences]
         )
-        words, vectors = load_word_vectors(args)
+        words, vectors = word_vectors.load_chosen(
+            args.word_vectors, args.word_vector_rows
+        )
         index = None if words is None else word_vectors.word_index(words)
         splits, truncated = prepare_splits(tokenizer, documents, args, index)
 
@@ -278,22 +273,8 @@ def train(args):
     model = ner_model.build_model(
         args, tokenizer.get_vocab_size(), tag_names, encoder, vectors
     )
-    scales = ner_model.learning_rate_scales(model, encoder, args)
-    if scales:
-        new = [v for v in model.trainable_weights if v.path in scales]
-        print(
-            f"learning rate {args.learning_rate:g} for the pretrained "
-            f"encoder, {args.new_layers_learning_rate:g} for the "
-            f"{training.count_weights(new):,} weights trained from scratch"
-        )
     history = fit(
-        run,
-        model,
-        train_batches,
-        splits["validation"],
-        tag_names,
-        buckets,
-        scales,
+        run, model, train_batches, splits, tag_names, buckets, encoder
     )
 
     with run.phase("evaluate"):
@@ -329,16 +310,6 @@ def print_data_sizes(documents, tag_names):
     )
 
 
-def load_word_vectors(args):
-    """`(words, vectors)` of `--word-vectors` (its first
-    `args.word_vector_rows`), or `(None, None)`; prints their size."""
-    if args.word_vectors == "none":
-        return None, None
-    words, vectors = word_vectors.load_glove(args.word_vector_rows)
-    print(f"word vectors: {args.word_vectors}, {vectors.shape} (frozen)")
-    return words, vectors
-
-
 def prepare_splits(tokenizer, documents, args, word_index=None):
     """`({split: tagger_inputs.Prepared}, {split: words cut off})`; prints
     the rows' sizes (and, with `word_index`, the share of words with a
@@ -369,12 +340,20 @@ def prepare_splits(tokenizer, documents, args, word_index=None):
     return splits, truncated
 
 
-def fit(run, model, train_batches, validation, tag_names, buckets, scales):
+def fit(run, model, train_batches, splits, tag_names, buckets, encoder):
     """Per-token cross-entropy, or the CRF's own (`crf.CRFTagger`), AdamW
-    (the learning rate times `scales` for some weights, see
+    (the layers beside a pretrained `encoder` at their own rate, see
     `ner_model.learning_rate_scales`); keeps the epoch of the best entity
-    F1 on `validation` (a prepared split). Returns the history."""
+    F1 on the validation split. Returns the history."""
     args = run.args
+    scales = ner_model.learning_rate_scales(model, encoder, args)
+    if scales:
+        new = [v for v in model.trainable_weights if v.path in scales]
+        print(
+            f"learning rate {args.learning_rate:g} for the pretrained "
+            f"encoder, {args.new_layers_learning_rate:g} for the "
+            f"{training.count_weights(new):,} weights trained from scratch"
+        )
     loss = None
     if args.output == "softmax":
         loss = keras.losses.SparseCategoricalCrossentropy(
@@ -388,7 +367,7 @@ def fit(run, model, train_batches, validation, tag_names, buckets, scales):
         loss=loss,
     )
     validation_f1 = keras_tagging.EntityF1(
-        validation, tag_names, run.eval_batch_size, buckets
+        splits["validation"], tag_names, run.eval_batch_size, buckets
     )
     return run.fit(
         model,

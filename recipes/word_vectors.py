@@ -53,6 +53,16 @@ def load_glove(rows=None, cache_dir=None, downloader=None):
     return words[:rows], vectors[:rows].astype(np.float32)
 
 
+def load_chosen(choice, rows=None):
+    """`(words, vectors)` of a `CHOICES` entry (its first `rows`), or
+    `(None, None)` for "none"; prints their size."""
+    if choice == "none":
+        return None, None
+    words, vectors = load_glove(rows)
+    print(f"word vectors: {choice}, {vectors.shape} (frozen)")
+    return words, vectors
+
+
 def table_with_padding(vectors):
     """The model's embedding table: a row of zeros (padding, and words
     without a vector) before `vectors`, so `vector_ids` index it."""
