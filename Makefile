@@ -9,6 +9,8 @@ PYTEST_ARGS ?=
 # them, so its module fixtures are built once.
 TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed
+# No pip cache: a fresh setup would otherwise hold every wheel twice on disk.
+PIP := $(VENV)/bin/python -m pip install -q --no-cache-dir
 
 .PHONY: setup test sentiment ner
 
@@ -17,13 +19,13 @@ setup: $(STAMP)
 # torch is installed first and pinned, so nothing resolves a CUDA build.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q torch==2.13.0
-	$(VENV)/bin/python -m pip install -q -e ".[test]"
+	$(PIP) --upgrade pip
+	$(PIP) torch==2.13.0
+	$(PIP) -e ".[test]"
 	# seqeval, the NER scorer's test oracle, ships only an sdist whose
 	# isolated build can fail; build it against the venv's setuptools.
-	$(VENV)/bin/python -m pip install -q setuptools setuptools-scm
-	$(VENV)/bin/python -m pip install -q --no-build-isolation seqeval==1.2.2
+	$(PIP) setuptools setuptools-scm
+	$(PIP) --no-build-isolation seqeval==1.2.2
 	touch $@
 
 # pytest's exit code 5 means "no tests collected": not a failure here.
