@@ -25,7 +25,7 @@ labels = (ids == 7).any(axis=1).astype("float32")
 
 inputs = keras.Input((None,), dtype="int32")
 x = ksa.TokenAndPositionEmbedding(100, 24, 32, mask_zero=True)(inputs)
-x = ksa.TransformerEncoder(num_heads=4, intermediate_dim=64)(x)
+x = ksa.TransformerEncoder(intermediate_dim=64, num_heads=4)(x)
 x = ksa.MultiHeadAttention(num_heads=2, key_dim=16)(x)
 x = ksa.SelfAttention(use_projections=True)(x)
 x = keras.layers.GlobalAveragePooling1D()(x)  # honours the padding mask

@@ -12,7 +12,7 @@ Example:
 >>> import keras_selfattn as ksa
 >>> ids = keras.Input((None,), dtype="int32")
 >>> x = ksa.TokenAndPositionEmbedding(1000, 64, 32, mask_zero=True)(ids)
->>> x = ksa.TransformerEncoder(num_heads=4, intermediate_dim=64)(x)
+>>> x = ksa.TransformerEncoder(intermediate_dim=64, num_heads=4)(x)
 >>> tuple(x.shape)
 (None, None, 32)
 """
@@ -22,7 +22,7 @@ import importlib.abc
 import importlib.util
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Public name -> the module that defines it.
 _LAYERS = "keras_selfattn.layers"

@@ -18,7 +18,7 @@ Example (JAX with 4 devices; on CPU, run with
 ... )
 >>> ids = keras.Input((None,), dtype="int32")
 >>> x = ksa.TokenAndPositionEmbedding(100, 16, 8, name="embedding")(ids)
->>> x = ksa.TransformerEncoder(2, 16, name="encoder")(x)
+>>> x = ksa.TransformerEncoder(16, 2, name="encoder")(x)
 >>> model = keras.Model(ids, x)
 >>> query = model.get_layer("encoder").self_attention.query_dense.kernel
 >>> query.path, query.shape, shard_shape(query)

@@ -51,8 +51,8 @@ def enable_lora(model, rank, target_layer_names=None, alpha=None):
     >>> import numpy as np
     >>> import keras_selfattn as ksa
     >>> x = keras.Input((None, 8))
-    >>> y = ksa.TransformerEncoder(num_heads=2, intermediate_dim=16)(x)
-    >>> y = ksa.TransformerEncoder(num_heads=2, intermediate_dim=16)(y)
+    >>> y = ksa.TransformerEncoder(intermediate_dim=16, num_heads=2)(x)
+    >>> y = ksa.TransformerEncoder(intermediate_dim=16, num_heads=2)(y)
     >>> model = keras.Model(x, y)
     >>> enable_lora(model, rank=2)
     >>> sum(int(np.prod(w.shape)) for w in model.trainable_weights)

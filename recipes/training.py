@@ -276,8 +276,8 @@ def encoder_blocks(x, args, padding_mask=None, **options):
     named `encoder_0`, `encoder_1`, ...; `options` go to each block."""
     for i in range(args.num_layers):
         x = ksa.TransformerEncoder(
-            args.num_heads,
             args.intermediate_dim,
+            args.num_heads,
             dropout=args.dropout,
             activation="gelu",
             name=f"encoder_{i}",

@@ -43,7 +43,7 @@ def build_model():
     x = ksa.TokenAndPositionEmbedding(
         VOCABULARY, LENGTH, WIDTH, mask_zero=True, name="embedding"
     )(ids)
-    x = ksa.TransformerEncoder(4, 20, norm_first=True, name="encoder")(x)
+    x = ksa.TransformerEncoder(20, 4, normalize_first=True, name="encoder")(x)
     x = ksa.MultiHeadAttention(
         num_heads=8,
         key_dim=3,

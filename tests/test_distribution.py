@@ -153,7 +153,7 @@ def our_layers():
             attention_layouts("gqa", gate=True),
         ),
         (
-            ksa.TransformerEncoder(3, 11, name="encoder"),
+            ksa.TransformerEncoder(11, 3, name="encoder"),
             x,
             encoder_layouts("encoder"),
         ),
@@ -262,7 +262,7 @@ def test_layout_map_matches_our_layers_nested_and_without_biases():
     stack = keras.Sequential(
         [
             keras.Input((None, 12)),
-            ksa.TransformerEncoder(2, 8, name="encoder"),
+            ksa.TransformerEncoder(8, 2, name="encoder"),
             ksa.MultiHeadAttention(2, 6, use_bias=False, name="attention"),
         ],
         name="stack",

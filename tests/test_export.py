@@ -48,8 +48,8 @@ def build_model():
     )
     for path in PATHS:
         x = ksa.TransformerEncoder(
-            2,
             32,
+            2,
             num_key_value_heads=1,
             activation="gelu",  # exact GELU: TensorFlow computes erfc
             implementation=path,
@@ -92,7 +92,7 @@ def build_static_length_model():
     """`"auto"` paths at a length known when the model is built: they must
     export too (the exporters trace the batch size as unknown)."""
     inputs = keras.Input((LONG, 16), name="features")
-    x = ksa.TransformerEncoder(2, 32, activation="gelu")(inputs)
+    x = ksa.TransformerEncoder(32, 2, activation="gelu")(inputs)
     x = ksa.MultiHeadAttention(2, 8, position_bias="alibi")(x, x)
     return keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(x))
 

@@ -366,8 +366,8 @@ def saving_model():
     grouped = ksa.GroupedQueryAttention(3, 4, 2, **gated)(query, query)
     # Positions and caps (tests/test_positions.py checks their values).
     encoder = ksa.TransformerEncoder(
-        3,
         8,
+        3,
         num_key_value_heads=1,
         sliding_window=4,
         logit_soft_cap=2.0,

@@ -1,5 +1,7 @@
 """Layers vs the peers (weights copied), the NumPy oracle and identities."""
 
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -11,6 +13,43 @@ from support import to_numpy
 import keras_selfattn as ksa
 
 ATOL = 1e-5
+
+
+# --------------------------------------------------------------------------
+# Constructor arguments vs the peers
+
+
+def _named_arguments(layer_class):
+    """`(name, default)` of a constructor's arguments, in order, without
+    `self` and `**kwargs`."""
+    parameters = inspect.signature(layer_class.__init__).parameters.values()
+    return [
+        (parameter.name, parameter.default)
+        for parameter in list(parameters)[1:]
+        if parameter.kind is not parameter.VAR_KEYWORD
+    ]
+
+
+@pytest.mark.once
+@pytest.mark.parametrize(
+    "ours, peer",
+    [
+        ("MultiHeadAttention", "keras.layers.MultiHeadAttention"),
+        ("GroupedQueryAttention", "keras.layers.GroupQueryAttention"),
+        ("TransformerEncoder", "keras_hub.layers.TransformerEncoder"),
+        ("TransformerDecoder", "keras_hub.layers.TransformerDecoder"),
+    ],
+)
+def test_peer_arguments_come_first_in_its_order_with_its_defaults(ours, peer):
+    """A call written for the peer, positional arguments included, means
+    the same to ours; ours adds its own arguments after the peer's."""
+    module_name, _, class_name = peer.rpartition(".")
+    module = pytest.importorskip(module_name.split(".")[0])
+    for attribute in module_name.split(".")[1:]:
+        module = getattr(module, attribute)
+    theirs = _named_arguments(getattr(module, class_name))
+    mine = _named_arguments(getattr(ksa, ours))
+    assert mine[: len(theirs)] == theirs
 
 
 # --------------------------------------------------------------------------
@@ -160,25 +199,9 @@ def hub_encoder(**kwargs):
     return keras_hub.layers.TransformerEncoder(**kwargs)
 
 
-def copy_encoder_weights(ours, theirs):
-    pairs = [
-        (ours.self_attention, theirs._self_attention_layer),
-        (ours.self_attention_layer_norm, theirs._self_attention_layer_norm),
-        (
-            ours.feedforward_intermediate_dense,
-            theirs._feedforward_intermediate_dense,
-        ),
-        (ours.feedforward_output_dense, theirs._feedforward_output_dense),
-        (ours.feedforward_layer_norm, theirs._feedforward_layer_norm),
-    ]
-    for mine, peer in pairs:
-        mine.set_weights(peer.get_weights())
-    assert len(ours.weights) == len(theirs.weights)
-
-
-@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("normalize_first", [False, True])
 @pytest.mark.parametrize("activation", ["relu", "gelu"])
-def test_encoder_matches_keras_hub(norm_first, activation):
+def test_encoder_matches_keras_hub(normalize_first, activation):
     rng = np.random.default_rng(7)
     x = rand(rng, 3, 7, 12)
     padding = np.array([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6], bool)
@@ -186,31 +209,35 @@ def test_encoder_matches_keras_hub(norm_first, activation):
         intermediate_dim=10,
         num_heads=3,
         activation=activation,
-        normalize_first=norm_first,
+        normalize_first=normalize_first,
         layer_norm_epsilon=1e-5,
     )
-    ours = ksa.TransformerEncoder(
-        num_heads=3,
-        intermediate_dim=10,
-        activation=activation,
-        norm_first=norm_first,
-    )
+    # Built from keras-hub's config: the same names mean the same there.
+    ours = ksa.TransformerEncoder.from_config(theirs.get_config())
     theirs.build(x.shape)
     ours.build(x.shape)
     # Make the LayerNorm and bias weights non-trivial before copying.
     theirs.set_weights(
         [w + 0.1 * rng.standard_normal(w.shape) for w in theirs.get_weights()]
     )
-    copy_encoder_weights(ours, theirs)
+    # keras-hub's weight order: the list copies as it is.
+    ours.set_weights(theirs.get_weights())
     got = to_numpy(ours(x, padding_mask=padding))
     want = to_numpy(theirs(x, padding_mask=padding))
     np.testing.assert_allclose(got, want, atol=ATOL)
 
 
+@pytest.mark.once
+def test_encoder_takes_version_0_1_0_arguments_and_warns_of_swapped_sizes():
+    assert ksa.TransformerEncoder(16, 2, norm_first=True).normalize_first
+    with pytest.warns(UserWarning, match="intermediate_dim=2, num_heads=16"):
+        ksa.TransformerEncoder(2, 16)
+
+
 def test_encoder_implicit_mask_equals_padding_mask_and_propagates():
     ids = np.array([[5, 6, 7, 0, 0], [8, 9, 1, 2, 3]])
     embed = ksa.TokenAndPositionEmbedding(10, 5, 8, mask_zero=True)
-    encoder = ksa.TransformerEncoder(num_heads=2, intermediate_dim=16)
+    encoder = ksa.TransformerEncoder(intermediate_dim=16, num_heads=2)
     inputs = keras.Input((None,), dtype="int32")
     hidden = encoder(embed(inputs))
     pooled = keras.layers.GlobalAveragePooling1D()(hidden)
@@ -232,7 +259,7 @@ def test_encoder_implicit_mask_equals_padding_mask_and_propagates():
 
 def test_encoder_return_attention_scores_symbolic():
     x = keras.Input((6, 8))
-    out, scores = ksa.TransformerEncoder(2, 16)(x, return_attention_scores=True)
+    out, scores = ksa.TransformerEncoder(16, 2)(x, return_attention_scores=True)
     assert tuple(out.shape) == (None, 6, 8)
     assert tuple(scores.shape) == (None, 2, 6, 6)
 
@@ -371,17 +398,17 @@ def test_mixed_precision_close_to_float32(policy):
         ),
         (lambda: ksa.MultiHeadAttention(2.5, 4), ValueError, "num_heads=2.5"),
         (
-            lambda: ksa.TransformerEncoder(2, 0),
+            lambda: ksa.TransformerEncoder(0, 2),
             ValueError,
             "intermediate_dim=0",
         ),
         (
-            lambda: ksa.TransformerEncoder(2, 8, dropout=-0.1),
+            lambda: ksa.TransformerEncoder(8, 2, dropout=-0.1),
             ValueError,
             "dropout=-0.1",
         ),
         (
-            lambda: ksa.TransformerEncoder(2, 8, layer_norm_epsilon=0),
+            lambda: ksa.TransformerEncoder(8, 2, layer_norm_epsilon=0),
             ValueError,
             "layer_norm_epsilon=0",
         ),
@@ -400,7 +427,7 @@ def test_mixed_precision_close_to_float32(policy):
         ),
         (
             lambda: ksa.TransformerEncoder(
-                2, 8, dropout=0.1, implementation="blockwise"
+                8, 2, dropout=0.1, implementation="blockwise"
             ),
             ValueError,
             "implementation='blockwise'",
@@ -458,7 +485,7 @@ def test_bad_arguments(make, error, message):
 
 def test_encoder_width_not_divisible_by_heads():
     with pytest.raises(ValueError, match="width=10, num_heads=3"):
-        ksa.TransformerEncoder(3, 8)(np.zeros((1, 2, 10), "float32"))
+        ksa.TransformerEncoder(8, 3)(np.zeros((1, 2, 10), "float32"))
 
 
 @pytest.mark.parametrize(
@@ -491,7 +518,7 @@ def test_bad_masks_at_call_time(layer_name, kwargs, error, message):
     layer = (
         ksa.SelfAttention()
         if layer_name == "SelfAttention"
-        else ksa.TransformerEncoder(2, 8)
+        else ksa.TransformerEncoder(8, 2)
     )
     x = np.zeros((2, 4, 6), "float32")
     layer(x)
@@ -562,8 +589,8 @@ def test_encoder_and_self_attention_implementations_agree(implementation):
     padding[0, 150:] = False
     pairs = [
         (
-            ksa.TransformerEncoder(2, 16, implementation="einsum"),
-            ksa.TransformerEncoder(2, 16, implementation=implementation),
+            ksa.TransformerEncoder(16, 2, implementation="einsum"),
+            ksa.TransformerEncoder(16, 2, implementation=implementation),
         ),
         (
             ksa.SelfAttention(use_projections=True, implementation="einsum"),
@@ -585,12 +612,12 @@ def test_encoder_and_self_attention_implementations_agree(implementation):
 
 def test_encoder_attention_dropout_is_separate_from_residual_dropout():
     encoder = ksa.TransformerEncoder(
-        2, 16, dropout=0.3, attention_dropout=0.0, implementation="blockwise"
+        16, 2, dropout=0.3, attention_dropout=0.0, implementation="blockwise"
     )
     encoder.build((1, 4, 8))
     assert encoder.self_attention.dropout == 0.0
     assert encoder.feedforward_dropout.rate == 0.3
     assert encoder.self_attention.implementation == "blockwise"
-    default = ksa.TransformerEncoder(2, 16, dropout=0.3)
+    default = ksa.TransformerEncoder(16, 2, dropout=0.3)
     default.build((1, 4, 8))
     assert default.self_attention.dropout == 0.3  # keras-hub's behaviour

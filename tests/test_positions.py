@@ -138,8 +138,8 @@ def test_encoder_trains_its_position_table():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((64, 8))
     encoder = ksa.TransformerEncoder(
-        2,
         16,
+        2,
         num_key_value_heads=1,
         sliding_window=16,
         logit_soft_cap=5.0,
@@ -202,7 +202,7 @@ def test_mixed_precision_features_follow_float32():
             "position_bias='t5'",
         ),
         (
-            lambda: ksa.TransformerEncoder(2, 8, sliding_window=0),
+            lambda: ksa.TransformerEncoder(8, 2, sliding_window=0),
             "sliding_window=0",
         ),
         (lambda: ksa.RelativePositionBias(2, num_buckets=2), "num_buckets=2"),

@@ -60,7 +60,7 @@ def every_layer_model():
     head last."""
     ids = keras.Input((LENGTH,), dtype="int32")
     x = ksa.TokenAndPositionEmbedding(VOCAB, LENGTH, WIDTH)(ids)
-    x = ksa.TransformerEncoder(2, 16)(x)
+    x = ksa.TransformerEncoder(16, 2)(x)
     x = keras.layers.Add()(
         [
             x,

@@ -315,7 +315,7 @@ def test_training_compiles_once_per_bucket_shape_not_per_batch():
     tokens = keras.Input((None,), dtype="int32")
     x = ksa.TokenAndPositionEmbedding(50, 64, 8, mask_zero=True)(tokens)
     x = CountTraces()(x)
-    x = ksa.TransformerEncoder(2, 16)(x)
+    x = ksa.TransformerEncoder(16, 2)(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     model = keras.Model(tokens, keras.layers.Dense(1, "sigmoid")(x))
     model.compile("adam", "binary_crossentropy", jit_compile=True)

@@ -28,11 +28,11 @@ LAYERS = [
         implementation="einsum",
     ),
     ksa.TransformerEncoder(
-        2,
         12,
+        2,
         dropout=0.1,
         activation="gelu",
-        norm_first=True,
+        normalize_first=True,
         layer_norm_epsilon=1e-6,
         num_key_value_heads=1,
         seed=2,
@@ -88,9 +88,9 @@ def build_model():
     x = ksa.TokenAndPositionEmbedding(50, 9, 8, mask_zero=True)(ids)
     x = x + ksa.SinusoidalPositionEncoding()(x)
     x = ksa.TransformerEncoder(
-        2, 16, norm_first=True, implementation="blockwise"
+        16, 2, normalize_first=True, implementation="blockwise"
     )(x)
-    x = ksa.TransformerEncoder(4, 16, num_key_value_heads=2)(x)
+    x = ksa.TransformerEncoder(16, 4, num_key_value_heads=2)(x)
     x = ksa.MultiHeadAttention(2, 4)(x, use_causal_mask=True)
     x = ksa.SelfAttention(use_projections=True)(x)
     x = ksa.SelfAttention()(x)
@@ -185,6 +185,9 @@ def test_file_saved_by_version_0_1_0_loads_and_predicts_the_same():
     fixtures = os.path.join(os.path.dirname(__file__), "fixtures")
     model = keras.saving.load_model(os.path.join(fixtures, "saved_0_1_0.keras"))
     expected = np.load(os.path.join(fixtures, "saved_0_1_0.npz"))
+    # 0.1.0 named the encoder's `normalize_first` `norm_first`.
+    assert model.get_layer("encoder_window").normalize_first
+    assert not model.get_layer("encoder").normalize_first
     np.testing.assert_allclose(
         model.predict(expected["token_ids"], verbose=0),
         expected["predictions"],

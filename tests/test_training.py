@@ -23,7 +23,7 @@ def test_fit_with_jit_compile_lowers_the_loss():
     ids, labels = toy_data()
     inputs = keras.Input((None,), dtype="int32")
     x = ksa.TokenAndPositionEmbedding(20, 10, 16, mask_zero=True)(inputs)
-    x = ksa.TransformerEncoder(2, 32, dropout=0.1)(x)
+    x = ksa.TransformerEncoder(32, 2, dropout=0.1)(x)
     x = ksa.MultiHeadAttention(2, 8, dropout=0.1)(x, use_causal_mask=True)
     x = ksa.SelfAttention(use_projections=True)(x)
     x = keras.layers.GlobalAveragePooling1D()(x)

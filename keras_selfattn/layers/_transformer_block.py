@@ -39,10 +39,10 @@ class TransformerBlock(CompositeLayer):
 
     Holds the arguments both take (`intermediate_dim`, `dropout`,
     `attention_dropout`, `activation`, `layer_norm_epsilon`, initializers,
-    the attention options) and builds their norms, dropouts and
-    feed-forward network: `output(activation(intermediate(x)))`, or with
-    `gated_feedforward` `output(activation(gate(x)) * intermediate(x))`
-    (SwiGLU with `activation="silu"`, as LLaMA).
+    `normalize_first`, the attention options) and builds their norms,
+    dropouts and feed-forward network: `output(activation(intermediate(x)))`,
+    or with `gated_feedforward` `output(activation(gate(x)) *
+    intermediate(x))` (SwiGLU with `activation="silu"`, as LLaMA).
     """
 
     def __init__(
@@ -54,6 +54,7 @@ class TransformerBlock(CompositeLayer):
         layer_norm_epsilon,
         kernel_initializer,
         bias_initializer,
+        normalize_first=False,
         normalization="layer_norm",
         gated_feedforward=False,
         use_bias=True,
@@ -90,6 +91,7 @@ class TransformerBlock(CompositeLayer):
         )
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.normalize_first = bool(normalize_first)
         self.normalization = check_choice(
             "normalization", normalization, NORMALIZATIONS
         )
@@ -176,6 +178,7 @@ class TransformerBlock(CompositeLayer):
             "layer_norm_epsilon": self.layer_norm_epsilon,
             **self.initializers_config(),
             "attention_dropout": self.attention_dropout,
+            "normalize_first": self.normalize_first,
             "normalization": self.normalization,
             "gated_feedforward": self.gated_feedforward,
             "use_bias": self.use_bias,

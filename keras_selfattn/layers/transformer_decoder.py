@@ -162,7 +162,6 @@ class TransformerDecoder(TransformerBlock):
         decoder_sequence_shape = kwargs.pop("decoder_sequence_shape", None)
         encoder_sequence_shape = kwargs.pop("encoder_sequence_shape", None)
         super().__init__(**arguments, **kwargs)
-        self.normalize_first = bool(normalize_first)
         self._decoder_sequence_shape = None
         self._encoder_sequence_shape = None
         if decoder_sequence_shape:
@@ -406,7 +405,6 @@ class TransformerDecoder(TransformerBlock):
         config.update(
             {
                 "num_heads": self.num_heads,
-                "normalize_first": self.normalize_first,
                 **self._block_config(),
                 "decoder_sequence_shape": self._decoder_sequence_shape,
                 "encoder_sequence_shape": self._encoder_sequence_shape,

@@ -1,5 +1,7 @@
 """TransformerEncoder: self-attention + feed-forward block, post- or pre-LN."""
 
+import warnings
+
 import keras
 
 from keras_selfattn.layers._transformer_block import (
@@ -19,25 +21,28 @@ class TransformerEncoder(TransformerBlock):
     """One Transformer encoder block (Vaswani et al. 2017).
 
     `x + Dropout(MHA(x))` then `x + Dropout(FFN(x))`, each followed by
-    LayerNorm (post-LN, `norm_first=False`, as in the paper and BERT) or
-    preceded by it (pre-LN). The width is taken from the input; heads split it
-    evenly. Sublayer names and weight shapes match keras-hub's
-    `TransformerEncoder`, so weights copy one to one.
+    LayerNorm (post-LN, `normalize_first=False`, as in the paper and BERT)
+    or preceded by it (pre-LN). The width is taken from the input; heads
+    split it evenly. The arguments keras-hub's `TransformerEncoder` takes
+    come in its order, with its names and defaults, and its sublayers'
+    names, shapes and order match: its configs load, and
+    `set_weights(hub_layer.get_weights())` copies its weights.
 
     Args:
-        num_heads: attention heads; must divide the input width.
         intermediate_dim: hidden size of the feed-forward network.
+        num_heads: attention heads; must divide the input width.
         dropout: dropout rate in [0, 1) for both residual branches, and for
             the attention probabilities unless `attention_dropout` is given.
         attention_dropout: dropout rate on the attention probabilities;
             defaults to `dropout` (keras-hub's behaviour). 0 lets the fused
             and blockwise kernels run in training too.
         activation: feed-forward activation (name or callable).
-        norm_first: pre-LN if True, post-LN if False.
         layer_norm_epsilon: epsilon of both LayerNorms.
+        kernel_initializer, bias_initializer: for every dense sublayer.
+        normalize_first: pre-LN if True, post-LN if False (`norm_first`,
+            its name in version 0.1.0, is taken too).
         num_key_value_heads: grouped-query attention (see
             `MultiHeadAttention`); defaults to `num_heads`.
-        kernel_initializer, bias_initializer: for every dense sublayer.
         seed: seed for the dropouts.
         implementation: the attention kernel, as in `MultiHeadAttention`.
         sliding_window, logit_soft_cap, rotary_max_wavelength,
@@ -61,7 +66,7 @@ class TransformerEncoder(TransformerBlock):
     Example:
 
     >>> import numpy as np
-    >>> encoder = TransformerEncoder(num_heads=2, intermediate_dim=16)
+    >>> encoder = TransformerEncoder(intermediate_dim=16, num_heads=2)
     >>> x = np.random.rand(3, 5, 8).astype("float32")
     >>> tuple(encoder(x, padding_mask=np.array([[1] * 5] * 3)).shape)
     (3, 5, 8)
@@ -74,15 +79,15 @@ class TransformerEncoder(TransformerBlock):
 
     def __init__(
         self,
-        num_heads,
         intermediate_dim,
+        num_heads,
         dropout=0.0,
         activation="relu",
-        norm_first=False,
         layer_norm_epsilon=1e-5,
-        num_key_value_heads=None,
         kernel_initializer="glorot_uniform",
         bias_initializer="zeros",
+        normalize_first=False,
+        num_key_value_heads=None,
         seed=None,
         attention_dropout=None,
         implementation="auto",
@@ -99,9 +104,21 @@ class TransformerEncoder(TransformerBlock):
         use_bias=True,
         **kwargs,
     ):
+        # Version 0.1.0's name for `normalize_first`; its files use it.
+        if "norm_first" in kwargs:
+            normalize_first = bool(kwargs.pop("norm_first")) or normalize_first
         arguments = block_arguments(locals())
         super().__init__(**arguments, **kwargs)
-        self.norm_first = bool(norm_first)
+        if self.intermediate_dim < self.num_heads:
+            # Version 0.1.0 took `(num_heads, intermediate_dim)`.
+            warnings.warn(
+                "TransformerEncoder takes `intermediate_dim` first, then "
+                "`num_heads` (keras-hub's order); a feed-forward width below "
+                "the number of heads suggests the two are swapped. Received: "
+                f"intermediate_dim={self.intermediate_dim}, "
+                f"num_heads={self.num_heads}",
+                stacklevel=2,
+            )
 
     def build(self, inputs_shape):
         width = inputs_shape[-1]
@@ -131,10 +148,12 @@ class TransformerEncoder(TransformerBlock):
             "self_attention_layer_norm", inputs_shape
         )
         self.self_attention_dropout = self._dropout("self_attention_dropout")
-        self._build_feedforward(inputs_shape)
+        # keras-hub's encoder builds this norm before the feed-forward
+        # network: the same weight order.
         self.feedforward_layer_norm = self._norm(
             "feedforward_layer_norm", inputs_shape
         )
+        self._build_feedforward(inputs_shape)
         self.feedforward_dropout = self._dropout("feedforward_dropout")
         self.restore_sublayers()
 
@@ -155,7 +174,7 @@ class TransformerEncoder(TransformerBlock):
         residual = inputs
         x = (
             self.self_attention_layer_norm(inputs)
-            if self.norm_first
+            if self.normalize_first
             else inputs
         )
         # The masks merged above. Called through `__call__`: Keras hands it
@@ -171,15 +190,15 @@ class TransformerEncoder(TransformerBlock):
         if return_attention_scores:
             x, scores = x
         x = residual + self._drop(self.self_attention_dropout, x, training)
-        if not self.norm_first:
+        if not self.normalize_first:
             x = self.self_attention_layer_norm(x)
 
         residual = x
-        if self.norm_first:
+        if self.normalize_first:
             x = self.feedforward_layer_norm(x)
         x = self._feedforward(x)
         x = residual + self._drop(self.feedforward_dropout, x, training)
-        if not self.norm_first:
+        if not self.normalize_first:
             x = self.feedforward_layer_norm(x)
         if return_attention_scores:
             return x, scores
@@ -203,5 +222,5 @@ class TransformerEncoder(TransformerBlock):
 
     def get_config(self):
         config = super().get_config()
-        config.update({"norm_first": self.norm_first, **self._block_config()})
+        config.update(self._block_config())
         return config

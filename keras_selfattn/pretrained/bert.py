@@ -221,8 +221,8 @@ def bert_encoder(
     x = keras.layers.Dropout(dropout, name="embeddings_dropout")(x)
     for i in range(config.num_hidden_layers):
         x = TransformerEncoder(
-            config.num_attention_heads,
             config.intermediate_size,
+            config.num_attention_heads,
             dropout=dropout,
             attention_dropout=attention_dropout,
             activation=config.hidden_act,
