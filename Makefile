@@ -3,7 +3,9 @@
 # `make ner`: set up .venv (once) and train the NER recipe.
 PYTHON ?= python3
 VENV ?= .venv
-BACKENDS ?= jax tensorflow torch
+# torch first: the run-once tests (the recipes' end-to-end runs among
+# them) then run on the recipes' default backend, as `make sentiment` does.
+BACKENDS ?= torch jax tensorflow
 PYTEST_ARGS ?=
 # Test processes per backend (pytest-xdist); a test file stays in one of
 # them, so its module fixtures are built once.

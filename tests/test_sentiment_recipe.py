@@ -175,7 +175,13 @@ def test_saved_model_predicts_the_same_under_other_backends(
     _, there = parse_predictions(
         run(["predict", "--model-dir", str(out), *PREDICT_TEXTS], backend=other)
     )
-    np.testing.assert_allclose(there, here, atol=1e-3)  # printed with 3 digits
+    metrics = json.loads((out / "metrics.json").read_text())
+    # Printed with 3 digits. A bfloat16 run (auto, where the CPU has it)
+    # computes in bfloat16 on the other backend too, whose kernels round
+    # differently (2^-8 relative an operation): its probabilities agree to
+    # about 1e-2.
+    bfloat16 = metrics["precision"]["used"] == "bfloat16"
+    np.testing.assert_allclose(there, here, atol=1e-2 if bfloat16 else 1e-3)
 
 
 @pytest.fixture(scope="module")
