@@ -178,9 +178,8 @@ def parse_args(argv=None):
     new_rate = args.new_layers_learning_rate
     if args.command is None and new_rate is not None and not args.init:
         parser.error(
-            "--new-layers-learning-rate: it needs --init (from scratch, "
-            "every layer is new). Received: --new-layers-learning-rate "
-            f"{new_rate}"
+            "--new-layers-learning-rate: it needs --init (from scratch, every "
+            f"layer is new). Received: --new-layers-learning-rate {new_rate}"
         )
     return args
 

@@ -44,10 +44,9 @@ def test_peer_arguments_come_first_in_its_order_with_its_defaults(ours, peer):
     """A call written for the peer, positional arguments included, means
     the same to ours; ours adds its own arguments after the peer's."""
     module_name, _, class_name = peer.rpartition(".")
-    module = pytest.importorskip(module_name.split(".")[0])
-    for attribute in module_name.split(".")[1:]:
-        module = getattr(module, attribute)
-    theirs = _named_arguments(getattr(module, class_name))
+    theirs = _named_arguments(
+        getattr(pytest.importorskip(module_name), class_name)
+    )
     mine = _named_arguments(getattr(ksa, ours))
     assert mine[: len(theirs)] == theirs
 
